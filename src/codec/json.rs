@@ -1,0 +1,288 @@
+//! JSON payloads → Arrow record batches with arrow-json's tape decoder.
+//!
+//! The fast path feeds every payload of a batch to one decoder and flushes once. Only when that fails (a malformed,
+//! non-object or wrong-typed message) does the batch take the slow path: each message is checked on its own, bad ones
+//! are replaced by `{}` and the batch is decoded again, so one bad message costs one batch, not the whole scan.
+//! Columns declared NOT NULL are checked after decoding: a message without its key is a bad message too.
+
+use std::sync::Arc;
+
+use arrow_json::ReaderBuilder;
+use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::error::ArrowError;
+
+use super::BadMessagePolicy;
+
+/// Decodes batches of JSON payloads into a fixed schema.
+#[derive(Debug, Clone)]
+pub struct JsonDecoder {
+    /// The schema decoded into: the declared payload columns, all nullable (NOT NULL is checked by hand).
+    decode_schema: SchemaRef,
+    /// Indices of the columns declared NOT NULL.
+    not_null: Vec<usize>,
+    policy: BadMessagePolicy,
+}
+
+/// One decoded batch.
+#[derive(Debug)]
+pub struct Decoded {
+    /// Payload columns, one row per kept message.
+    pub batch: RecordBatch,
+    /// Which input messages are kept (None: all of them). Under `skip` bad ones are dropped.
+    pub keep: Option<BooleanArray>,
+    /// Messages that did not decode.
+    pub bad: u64,
+    /// Whether the fast path (one decode for the whole batch) was enough.
+    pub fast_path: bool,
+}
+
+/// A bad message under `bad_messages = 'fail'`: which one, and why.
+#[derive(Debug, Clone)]
+pub struct BadMessage {
+    pub index: usize,
+    pub reason: String,
+}
+
+impl JsonDecoder {
+    /// `schema` is the declared payload schema (its nullability is the NOT NULL contract).
+    pub fn new(schema: &Schema, policy: BadMessagePolicy) -> Self {
+        let not_null = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !f.is_nullable())
+            .map(|(i, _)| i)
+            .collect();
+        let fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+        Self { decode_schema: Arc::new(Schema::new(fields)), not_null, policy }
+    }
+
+    /// The schema rows come out in: all nullable under `null`, the declared one otherwise.
+    pub fn output_schema(declared: &Schema, policy: BadMessagePolicy) -> Schema {
+        if policy == BadMessagePolicy::Null {
+            Schema::new(
+                declared.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+            )
+        } else {
+            declared.clone()
+        }
+    }
+
+    /// Decode `payloads` (one JSON document each). Errors only under `fail`.
+    pub fn decode<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<Decoded, BadMessage> {
+        let n = payloads.len();
+        if let Some(batch) = self.try_decode_all(payloads.iter().map(|p| p.as_ref())) {
+            // Structurally fine; NOT NULL may still be violated.
+            return self.finish(payloads, batch, vec![false; n], true);
+        }
+        // Slow path: find the bad ones one by one.
+        let mut bad = vec![false; n];
+        let mut first_reason = None;
+        for (i, p) in payloads.iter().enumerate() {
+            if let Err(reason) = self.check_one(p.as_ref()) {
+                bad[i] = true;
+                if first_reason.is_none() {
+                    first_reason = Some((i, reason));
+                }
+            }
+        }
+        if self.policy == BadMessagePolicy::Fail
+            && let Some((index, reason)) = first_reason
+        {
+            return Err(BadMessage { index, reason });
+        }
+        let batch = self
+            .try_decode_all(payloads.iter().zip(&bad).map(|(p, b)| if *b { &b"{}"[..] } else { p.as_ref() }))
+            .ok_or_else(|| BadMessage { index: 0, reason: "batch failed to decode after removing bad messages".into() })?;
+        self.finish(payloads, batch, bad, false)
+    }
+
+    /// Apply the NOT NULL contract and the policy to a decoded batch whose known-bad rows are `bad`.
+    fn finish<P: AsRef<[u8]>>(
+        &self,
+        payloads: &[P],
+        mut batch: RecordBatch,
+        mut bad: Vec<bool>,
+        fast_path: bool,
+    ) -> Result<Decoded, BadMessage> {
+        let mut null_violations = false;
+        for &c in &self.not_null {
+            let col = batch.column(c);
+            if col.null_count() == 0 {
+                continue;
+            }
+            for (row, is_bad) in bad.iter_mut().enumerate() {
+                if col.is_null(row) && !*is_bad {
+                    *is_bad = true;
+                    null_violations = true;
+                    if self.policy == BadMessagePolicy::Fail {
+                        return Err(BadMessage {
+                            index: row,
+                            reason: format!("column '{}' is declared NOT NULL but the message has no value for it", batch.schema().field(c).name()),
+                        });
+                    }
+                }
+            }
+        }
+        let bad_count = bad.iter().filter(|b| **b).count() as u64;
+        if bad_count == 0 {
+            return Ok(Decoded { batch, keep: None, bad: 0, fast_path });
+        }
+        match self.policy {
+            // `fail` returned at the first bad message above.
+            BadMessagePolicy::Fail => Err(BadMessage { index: 0, reason: "bad message".into() }),
+            BadMessagePolicy::Null => {
+                if null_violations {
+                    // Blank whole rows, not just the missing column: a bad message contributes no payload values.
+                    batch = self
+                        .try_decode_all(payloads.iter().zip(&bad).map(|(p, b)| if *b { &b"{}"[..] } else { p.as_ref() }))
+                        .ok_or_else(|| BadMessage { index: 0, reason: "batch failed to decode".into() })?;
+                }
+                Ok(Decoded { batch, keep: None, bad: bad_count, fast_path })
+            }
+            BadMessagePolicy::Skip => {
+                let keep = BooleanArray::from(bad.iter().map(|b| !*b).collect::<Vec<bool>>());
+                let batch = filter_record_batch(&batch, &keep)
+                    .map_err(|e| BadMessage { index: 0, reason: e.to_string() })?;
+                Ok(Decoded { batch, keep: Some(keep), bad: bad_count, fast_path })
+            }
+        }
+    }
+
+    /// Decode every payload into one batch; None when any of them is not exactly one valid object.
+    fn try_decode_all<'a>(&self, payloads: impl Iterator<Item = &'a [u8]>) -> Option<RecordBatch> {
+        let mut decoder = ReaderBuilder::new(self.decode_schema.clone())
+            .with_batch_size(usize::MAX >> 1)
+            .build_decoder()
+            .ok()?;
+        let mut rows = 0usize;
+        for p in payloads {
+            let used = decoder.decode(p).ok()?;
+            rows += 1;
+            if used != p.len() || decoder.len() != rows {
+                return None;
+            }
+        }
+        match decoder.flush() {
+            Ok(Some(batch)) if batch.num_rows() == rows => Some(batch),
+            Ok(None) if rows == 0 => Some(RecordBatch::new_empty(self.decode_schema.clone())),
+            _ => None,
+        }
+    }
+
+    /// Whether one payload decodes on its own, and why not.
+    fn check_one(&self, payload: &[u8]) -> Result<(), String> {
+        let trimmed = payload.trim_ascii_start();
+        if trimmed.first() != Some(&b'{') {
+            return Err(format!("not a JSON object: {}", preview(payload)));
+        }
+        let mut decoder = ReaderBuilder::new(self.decode_schema.clone())
+            .build_decoder()
+            .map_err(|e| e.to_string())?;
+        let used = decoder.decode(payload).map_err(|e| describe(e, payload))?;
+        if used != payload.len() || decoder.len() != 1 {
+            return Err(format!("expected exactly one JSON object: {}", preview(payload)));
+        }
+        match decoder.flush() {
+            Ok(Some(b)) if b.num_rows() == 1 => Ok(()),
+            Ok(_) => Err(format!("expected exactly one JSON object: {}", preview(payload))),
+            Err(e) => Err(describe(e, payload)),
+        }
+    }
+}
+
+fn describe(e: ArrowError, payload: &[u8]) -> String {
+    format!("{e} in {}", preview(payload))
+}
+
+fn preview(payload: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&payload[..payload.len().min(120)]).into_owned();
+    if payload.len() > 120 { format!("{s}…") } else { s }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Float64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, TimeUnit};
+
+    fn schema() -> Schema {
+        Schema::new(vec![
+            Field::new("user_id", DataType::Utf8, false),
+            Field::new("amount", DataType::Float64, true),
+            Field::new("event_time", DataType::Timestamp(TimeUnit::Nanosecond, None), true),
+        ])
+    }
+
+    const GOOD: &[&str] = &[
+        r#"{"user_id":"u1","amount":1.5,"event_time":"2026-11-20T12:00:00"}"#,
+        r#"{"user_id":"u2","amount":2,"event_time":"2026-11-20T12:00:01.5Z","extra":"ignored"}"#,
+    ];
+
+    #[test]
+    fn fast_path_decodes_all() {
+        let d = JsonDecoder::new(&schema(), BadMessagePolicy::Skip);
+        let out = d.decode(GOOD).unwrap();
+        assert!(out.fast_path);
+        assert_eq!(out.batch.num_rows(), 2);
+        assert_eq!(out.bad, 0);
+        let amounts = out.batch.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
+        assert_eq!(amounts.value(1), 2.0);
+    }
+
+    fn mixed() -> Vec<&'static str> {
+        vec![
+            GOOD[0],
+            "not json",
+            r#"{"user_id":"u3","amount":"abc"}"#,
+            "42",
+            r#"{"amount":3}"#, // missing NOT NULL key
+            r#"{"user_id":"u4"}{"user_id":"u5"}"#,
+            GOOD[1],
+        ]
+    }
+
+    #[test]
+    fn skip_drops_and_counts_bad_messages() {
+        let d = JsonDecoder::new(&schema(), BadMessagePolicy::Skip);
+        let out = d.decode(&mixed()).unwrap();
+        assert_eq!(out.bad, 5);
+        assert_eq!(out.batch.num_rows(), 2);
+        let keep = out.keep.unwrap();
+        assert_eq!(keep.iter().map(|b| b.unwrap()).collect::<Vec<_>>(), vec![true, false, false, false, false, false, true]);
+        let ids = out.batch.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!((ids.value(0), ids.value(1)), ("u1", "u2"));
+    }
+
+    #[test]
+    fn null_keeps_rows_with_null_payload() {
+        let d = JsonDecoder::new(&schema(), BadMessagePolicy::Null);
+        let out = d.decode(&mixed()).unwrap();
+        assert_eq!(out.bad, 5);
+        assert_eq!(out.batch.num_rows(), 7);
+        // the missing-key message is blanked entirely, not just its key
+        assert!(out.batch.column(1).is_null(4));
+        assert!(out.batch.column(0).is_null(2));
+        assert!(!out.batch.column(0).is_null(6));
+    }
+
+    #[test]
+    fn fail_names_the_first_bad_message() {
+        let d = JsonDecoder::new(&schema(), BadMessagePolicy::Fail);
+        let err = d.decode(&mixed()).unwrap_err();
+        assert_eq!(err.index, 1);
+        assert!(err.reason.contains("not a JSON object"), "{}", err.reason);
+        let err = d.decode(&[GOOD[0], r#"{"amount":3}"#]).unwrap_err();
+        assert_eq!(err.index, 1);
+        assert!(err.reason.contains("NOT NULL"));
+    }
+
+    #[test]
+    fn empty_batch() {
+        let d = JsonDecoder::new(&schema(), BadMessagePolicy::Skip);
+        let out = d.decode::<&str>(&[]).unwrap();
+        assert_eq!(out.batch.num_rows(), 0);
+    }
+}

@@ -1,0 +1,74 @@
+//! Message payloads → Arrow. One decoder per payload format; `json` today, the trait leaves room for Avro and
+//! Protobuf. Decoders never panic on bad bytes: each bad message is counted and handled by the table's
+//! [`BadMessagePolicy`].
+
+pub mod json;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use json::JsonDecoder;
+
+/// What a scan does with a message whose payload does not decode into the table's schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BadMessagePolicy {
+    /// Leave the message out and count it (the default).
+    #[default]
+    Skip,
+    /// Keep a row for it with every payload column NULL (metadata columns still set), and count it.
+    Null,
+    /// Fail the query, naming the partition and offset.
+    Fail,
+}
+
+impl BadMessagePolicy {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BadMessagePolicy::Skip => "skip",
+            BadMessagePolicy::Null => "null",
+            BadMessagePolicy::Fail => "fail",
+        }
+    }
+}
+
+impl fmt::Display for BadMessagePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BadMessagePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "skip" => Ok(Self::Skip),
+            "null" => Ok(Self::Null),
+            "fail" => Ok(Self::Fail),
+            other => Err(format!("unknown bad_messages policy '{other}': expected skip, null or fail")),
+        }
+    }
+}
+
+/// Payload formats a Kafka table can declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    Json,
+}
+
+impl FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "json" => Ok(Format::Json),
+            "avro" | "protobuf" => Err(format!("format '{s}' is not supported yet: only json is")),
+            other => Err(format!("unknown format '{other}': expected json")),
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("json")
+    }
+}

@@ -1,0 +1,423 @@
+//! The query engine: one DataFusion `SessionContext` with the Kafka table factory, `pg_catalog`, the `kfsql`
+//! system schema and the catalog topic behind it. It turns SQL text into [`Output`]s — row streams or command
+//! tags — under the query timeout. The pg-wire server and the CLI both go through here.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::TableReference;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
+use datafusion::physical_plan::RecordBatchStream;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{ObjectType, Statement as SqlStatement};
+use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use futures::{Stream, TryStreamExt};
+
+use crate::catalog::{CatalogChange, CatalogStore};
+use crate::error::{KfsqlError, Result};
+use crate::kafka::KafkaCluster;
+use crate::sql;
+use crate::table::{KafkaTable, KafkaTableFactory, TableDefinition};
+
+/// Settings of one engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The compacted topic that holds table definitions.
+    pub catalog_topic: String,
+    /// Longest a statement may run (planning and reading its rows).
+    pub query_timeout: Duration,
+    /// The database name clients connect to (DataFusion's catalog name).
+    pub database: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { catalog_topic: "_kfsql_catalog".into(), query_timeout: Duration::from_secs(60), database: "kfsql".into() }
+    }
+}
+
+/// What a statement produced.
+pub enum Output {
+    /// Rows, streamed.
+    Rows(SendableRecordBatchStream),
+    /// A command tag such as `CREATE EXTERNAL TABLE` and, for DML, a row count.
+    Command { tag: String, rows: Option<usize> },
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Output::Rows(s) => write!(f, "Rows({:?})", s.schema()),
+            Output::Command { tag, rows } => write!(f, "Command({tag}, {rows:?})"),
+        }
+    }
+}
+
+/// A handle to a running engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+pub struct EngineInner {
+    ctx: SessionContext,
+    factory: Arc<KafkaTableFactory>,
+    catalog: CatalogStore,
+    config: EngineConfig,
+    defs: RwLock<BTreeMap<String, TableDefinition>>,
+    compat: PostgresCompatibilityParser,
+}
+
+impl Engine {
+    /// Build the engine, read the catalog topic to its end and start following it.
+    pub async fn start(cluster: Arc<KafkaCluster>, config: EngineConfig) -> Result<Self> {
+        let factory = Arc::new(KafkaTableFactory::new(cluster.clone(), config.query_timeout));
+        let session_config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema(&config.database, "public");
+        let state = SessionStateBuilder::new()
+            .with_config(session_config)
+            .with_default_features()
+            .with_table_factory("KAFKA".into(), factory.clone())
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        datafusion_pg_catalog::setup_pg_catalog(&ctx, &config.database, EmptyContextProvider)
+            .map_err(|e| KfsqlError::Internal(format!("setting up pg_catalog: {e}")))?;
+        let catalog = CatalogStore::new(cluster, &config.catalog_topic);
+        let inner = Arc::new_cyclic(|weak| {
+            let db = ctx.catalog(&config.database);
+            if let Some(db) = db
+                && let Ok(schema) = crate::system::schema(weak.clone())
+            {
+                let _ = db.register_schema("kfsql", schema);
+            }
+            EngineInner {
+                ctx,
+                factory,
+                catalog,
+                config,
+                defs: RwLock::new(BTreeMap::new()),
+                compat: PostgresCompatibilityParser::new(),
+            }
+        });
+
+        inner.catalog.ensure_topic().await?;
+        let (defs, next) = inner.catalog.load().await?;
+        for def in defs.into_values() {
+            let name = def.name.clone();
+            if let Err(e) = inner.apply(CatalogChange::Upsert(def)) {
+                tracing::warn!("table '{name}' from the catalog could not be registered: {e}");
+            }
+        }
+        let weak = Arc::downgrade(&inner);
+        inner.catalog.follow(next, move |change| match weak.upgrade() {
+            Some(engine) => {
+                if let Some(c) = change
+                    && let Err(e) = engine.apply(c)
+                {
+                    tracing::warn!("catalog change not applied: {e}");
+                }
+                true
+            }
+            None => false,
+        })?;
+        Ok(Engine { inner })
+    }
+
+    pub fn context(&self) -> &SessionContext {
+        &self.inner.ctx
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    pub fn inner(&self) -> &Arc<EngineInner> {
+        &self.inner
+    }
+
+    /// Definitions of all Kafka tables, by name.
+    pub fn definitions(&self) -> BTreeMap<String, TableDefinition> {
+        self.inner.definitions()
+    }
+
+    /// Parse SQL text into statements (kfsql dialect; falls back to the Postgres-compatibility parser for catalog
+    /// queries only it understands).
+    pub fn parse(&self, sql_text: &str) -> Result<Vec<DFStatement>> {
+        match sql::parse(sql_text) {
+            Ok(stmts) => Ok(stmts.into_iter().collect()),
+            Err(first) => match self.inner.compat.parse(sql_text) {
+                Ok(stmts) => Ok(stmts.into_iter().map(|s| DFStatement::Statement(Box::new(s))).collect()),
+                Err(_) => Err(first),
+            },
+        }
+    }
+
+    /// Run every statement of `sql_text`, collecting the rows of each.
+    pub async fn query(&self, sql_text: &str) -> Result<Vec<(Option<SchemaRef>, Vec<RecordBatch>, String)>> {
+        let mut out = Vec::new();
+        for stmt in self.parse(sql_text)? {
+            match self.execute(stmt).await? {
+                Output::Rows(stream) => {
+                    let schema = stream.schema();
+                    let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(KfsqlError::from_datafusion)?;
+                    let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+                    out.push((Some(schema), batches, format!("SELECT {n}")));
+                }
+                Output::Command { tag, rows } => out.push((None, Vec::new(), match rows {
+                    Some(n) => format!("{tag} {n}"),
+                    None => tag,
+                })),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Plan a statement into a DataFusion logical plan (after kfsql's rewrites), without running it.
+    pub async fn plan(&self, stmt: DFStatement) -> Result<LogicalPlan> {
+        let stmt = self.inner.prepare(stmt)?;
+        self.inner.ctx.state().statement_to_plan(stmt).await.map_err(KfsqlError::from_datafusion)
+    }
+
+    /// Run one statement under the query timeout.
+    pub async fn execute(&self, stmt: DFStatement) -> Result<Output> {
+        let timeout = self.inner.config.query_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let out = tokio::time::timeout_at(deadline, self.inner.execute(stmt))
+            .await
+            .map_err(|_| KfsqlError::Timeout(timeout))??;
+        Ok(match out {
+            Output::Rows(stream) => Output::Rows(Box::pin(DeadlineStream { inner: stream, sleep: Box::pin(tokio::time::sleep_until(deadline)), timeout, done: false })),
+            other => other,
+        })
+    }
+
+    /// Run an already-planned statement (extended protocol: plan once at Parse, execute at Execute).
+    pub async fn execute_plan(&self, plan: LogicalPlan) -> Result<Output> {
+        let timeout = self.inner.config.query_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let out = tokio::time::timeout_at(deadline, self.inner.run_plan(plan))
+            .await
+            .map_err(|_| KfsqlError::Timeout(timeout))??;
+        Ok(match out {
+            Output::Rows(stream) => Output::Rows(Box::pin(DeadlineStream { inner: stream, sleep: Box::pin(tokio::time::sleep_until(deadline)), timeout, done: false })),
+            other => other,
+        })
+    }
+}
+
+impl EngineInner {
+    pub fn definitions(&self) -> BTreeMap<String, TableDefinition> {
+        self.defs.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn factory(&self) -> &Arc<KafkaTableFactory> {
+        &self.factory
+    }
+
+    /// Apply a catalog change to the session (idempotent).
+    fn apply(&self, change: CatalogChange) -> Result<()> {
+        match change {
+            CatalogChange::Upsert(def) => {
+                if self.defs.read().unwrap_or_else(|p| p.into_inner()).get(&def.name) == Some(&def) {
+                    return Ok(());
+                }
+                let table = self.factory.table_from_definition(def.clone())?;
+                self.register(table)
+            }
+            CatalogChange::Drop(name) => {
+                let removed = self.defs.write().unwrap_or_else(|p| p.into_inner()).remove(&name);
+                if removed.is_some() {
+                    self.ctx.deregister_table(public(&name))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn register(&self, table: KafkaTable) -> Result<()> {
+        let def = table.definition().clone();
+        let name = public(&def.name);
+        self.ctx.deregister_table(name.clone())?;
+        self.ctx.register_table(name, Arc::new(table))?;
+        self.defs.write().unwrap_or_else(|p| p.into_inner()).insert(def.name.clone(), def);
+        Ok(())
+    }
+
+    /// kfsql's AST rewrites: time travel, then Postgres-compatibility rules for catalog queries.
+    fn prepare(&self, stmt: DFStatement) -> Result<DFStatement> {
+        Ok(match stmt {
+            DFStatement::Statement(mut s) => {
+                sql::time_travel::rewrite(&mut s)?;
+                DFStatement::Statement(Box::new(self.compat.rewrite(*s)))
+            }
+            DFStatement::Explain(mut e) => {
+                e.statement = Box::new(self.prepare(*e.statement)?);
+                DFStatement::Explain(e)
+            }
+            other => other,
+        })
+    }
+
+    async fn execute(&self, stmt: DFStatement) -> Result<Output> {
+        if let DFStatement::Statement(s) = &stmt {
+            match s.as_ref() {
+                SqlStatement::Drop { object_type: ObjectType::Table, if_exists, names, .. } => {
+                    return self.drop_tables(names.iter().map(|n| n.to_string()).collect(), *if_exists).await;
+                }
+                SqlStatement::ShowTables { .. } => {
+                    let stmt = sql::parse("SELECT * FROM kfsql.tables ORDER BY table_name")?.pop_front().ok_or_else(|| KfsqlError::Internal("empty".into()))?;
+                    let plan = self.ctx.state().statement_to_plan(stmt).await?;
+                    return self.run_plan(plan).await;
+                }
+                _ => {}
+            }
+        }
+        let stmt = self.prepare(stmt)?;
+        let plan = self.ctx.state().statement_to_plan(stmt).await.map_err(KfsqlError::from_datafusion)?;
+        self.run_plan(plan).await
+    }
+
+    async fn run_plan(&self, plan: LogicalPlan) -> Result<Output> {
+        match plan {
+            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) if cmd.file_type.eq_ignore_ascii_case("kafka") => {
+                self.create_kafka_table(&cmd).await
+            }
+            LogicalPlan::Ddl(ddl) => {
+                let tag = ddl_tag(&ddl);
+                self.ctx.execute_logical_plan(LogicalPlan::Ddl(ddl)).await.map_err(KfsqlError::from_datafusion)?.collect().await?;
+                Ok(Output::Command { tag, rows: None })
+            }
+            LogicalPlan::Dml(DmlStatement { ref op, .. }) if !matches!(op, WriteOp::Ctas) => {
+                let tag = match op {
+                    WriteOp::Insert(_) => "INSERT 0",
+                    WriteOp::Update => "UPDATE",
+                    WriteOp::Delete => "DELETE",
+                    _ => "COPY",
+                }
+                .to_string();
+                let batches = self.ctx.execute_logical_plan(plan).await.map_err(KfsqlError::from_datafusion)?.collect().await.map_err(KfsqlError::from_datafusion)?;
+                let rows = count_from(&batches);
+                Ok(Output::Command { tag, rows: Some(rows) })
+            }
+            LogicalPlan::Copy(_) => {
+                let batches = self.ctx.execute_logical_plan(plan).await.map_err(KfsqlError::from_datafusion)?.collect().await.map_err(KfsqlError::from_datafusion)?;
+                Ok(Output::Command { tag: "COPY".into(), rows: Some(count_from(&batches)) })
+            }
+            LogicalPlan::Statement(_) => {
+                self.ctx.execute_logical_plan(plan).await.map_err(KfsqlError::from_datafusion)?.collect().await?;
+                Ok(Output::Command { tag: "SET".into(), rows: None })
+            }
+            plan => {
+                let df = self.ctx.execute_logical_plan(plan).await.map_err(KfsqlError::from_datafusion)?;
+                Ok(Output::Rows(df.execute_stream().await.map_err(KfsqlError::from_datafusion)?))
+            }
+        }
+    }
+
+    async fn create_kafka_table(&self, cmd: &datafusion::logical_expr::CreateExternalTable) -> Result<Output> {
+        let tag = Output::Command { tag: "CREATE EXTERNAL TABLE".into(), rows: None };
+        if let Some(schema) = cmd.name.schema()
+            && schema != "public"
+        {
+            return Err(KfsqlError::InvalidParameter(format!("Kafka tables live in schema 'public', not '{schema}'")));
+        }
+        let name = cmd.name.table().to_string();
+        let exists = self.defs.read().unwrap_or_else(|p| p.into_inner()).contains_key(&name) || self.ctx.table_exist(public(&name))?;
+        if exists && !cmd.or_replace {
+            if cmd.if_not_exists {
+                return Ok(tag);
+            }
+            return Err(KfsqlError::DuplicateTable(format!("relation \"{name}\" already exists")));
+        }
+        // Validate everything (options, columns, topic) before anything is written.
+        let table = self.factory.create_from_command(cmd).await?;
+        self.catalog.put(table.definition()).await?;
+        self.register(table)?;
+        Ok(tag)
+    }
+
+    async fn drop_tables(&self, names: Vec<String>, if_exists: bool) -> Result<Output> {
+        for full in names {
+            let name = full.rsplit('.').next().unwrap_or(&full).trim_matches('"').to_string();
+            let is_kafka = self.defs.read().unwrap_or_else(|p| p.into_inner()).contains_key(&name);
+            if is_kafka {
+                self.catalog.delete(&name).await?;
+                self.apply(CatalogChange::Drop(name))?;
+            } else if self.ctx.table_exist(full.as_str())? {
+                self.ctx.deregister_table(full.as_str())?;
+            } else if !if_exists {
+                return Err(KfsqlError::UndefinedTable(format!("table \"{full}\" does not exist")));
+            }
+        }
+        Ok(Output::Command { tag: "DROP TABLE".into(), rows: None })
+    }
+}
+
+fn public(name: &str) -> TableReference {
+    TableReference::partial("public", name)
+}
+
+fn ddl_tag(ddl: &DdlStatement) -> String {
+    match ddl {
+        DdlStatement::CreateExternalTable(_) => "CREATE EXTERNAL TABLE",
+        DdlStatement::CreateMemoryTable(_) => "CREATE TABLE",
+        DdlStatement::CreateView(_) => "CREATE VIEW",
+        DdlStatement::CreateCatalogSchema(_) => "CREATE SCHEMA",
+        DdlStatement::CreateCatalog(_) => "CREATE DATABASE",
+        DdlStatement::CreateIndex(_) => "CREATE INDEX",
+        DdlStatement::DropTable(_) => "DROP TABLE",
+        DdlStatement::DropView(_) => "DROP VIEW",
+        DdlStatement::DropCatalogSchema(_) => "DROP SCHEMA",
+        DdlStatement::CreateFunction(_) => "CREATE FUNCTION",
+        DdlStatement::DropFunction(_) => "DROP FUNCTION",
+    }
+    .to_string()
+}
+
+fn count_from(batches: &[RecordBatch]) -> usize {
+    use datafusion::arrow::array::{Array, UInt64Array};
+    batches
+        .first()
+        .filter(|b| b.num_columns() > 0 && b.num_rows() > 0)
+        .and_then(|b| b.column(0).as_any().downcast_ref::<UInt64Array>().filter(|a| !a.is_null(0)).map(|a| a.value(0) as usize))
+        .unwrap_or(0)
+}
+
+/// A row stream that fails with a timeout error once the statement's deadline passes.
+struct DeadlineStream {
+    inner: SendableRecordBatchStream,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+    done: bool,
+}
+
+impl Stream for DeadlineStream {
+    type Item = DfResult<RecordBatch>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            return Poll::Ready(Some(Err(KfsqlError::Timeout(self.timeout).into_datafusion())));
+        }
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+impl RecordBatchStream for DeadlineStream {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+}

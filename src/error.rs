@@ -1,0 +1,114 @@
+//! The one error type of kfsql, and the SQLSTATE each kind of failure maps to on the wire.
+
+use datafusion::error::DataFusionError;
+
+/// A user-visible failure. Every variant knows its Postgres SQLSTATE so that clients can react to it.
+#[derive(Debug, thiserror::Error)]
+pub enum KfsqlError {
+    /// SQL that does not parse (42601).
+    #[error("syntax error: {0}")]
+    Syntax(String),
+    /// A table, schema or column that does not exist (42P01 / 42703).
+    #[error("{0}")]
+    UndefinedTable(String),
+    #[error("{0}")]
+    UndefinedColumn(String),
+    /// CREATE of something that exists already (42P07).
+    #[error("{0}")]
+    DuplicateTable(String),
+    /// A statement or option kfsql understands but does not support (0A000).
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// A bad option value or definition (22023 / 42P16).
+    #[error("{0}")]
+    InvalidParameter(String),
+    /// The query ran past its time limit (57014).
+    #[error("canceling statement due to statement timeout ({0:?})")]
+    Timeout(std::time::Duration),
+    /// Kafka could not be reached or answered an error (08006: the connection to the data source failed).
+    #[error("kafka: {0}")]
+    Kafka(String),
+    /// A message that could not be decoded under `bad_messages = 'fail'` (22P02).
+    #[error("{0}")]
+    BadMessage(String),
+    /// The client is not allowed to do this (42501).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// Anything the query engine raised.
+    #[error("{0}")]
+    DataFusion(#[from] DataFusionError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = KfsqlError> = std::result::Result<T, E>;
+
+impl KfsqlError {
+    /// The SQLSTATE a Postgres client understands for this failure.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            KfsqlError::Syntax(_) => "42601",
+            KfsqlError::UndefinedTable(_) => "42P01",
+            KfsqlError::UndefinedColumn(_) => "42703",
+            KfsqlError::DuplicateTable(_) => "42P07",
+            KfsqlError::Unsupported(_) => "0A000",
+            KfsqlError::InvalidParameter(_) => "22023",
+            KfsqlError::Timeout(_) => "57014",
+            KfsqlError::Kafka(_) => "08006",
+            KfsqlError::BadMessage(_) => "22P02",
+            KfsqlError::PermissionDenied(_) => "42501",
+            KfsqlError::DataFusion(e) => datafusion_sqlstate(e),
+            KfsqlError::Internal(_) => "XX000",
+        }
+    }
+
+    /// Unwrap errors that travelled through DataFusion (e.g. raised inside a scan) back to kfsql's own kind.
+    pub fn from_datafusion(e: DataFusionError) -> Self {
+        match e.find_root() {
+            DataFusionError::External(inner) => {
+                if let Some(k) = inner.downcast_ref::<KfsqlError>() {
+                    return k.clone_shallow();
+                }
+                KfsqlError::DataFusion(e)
+            }
+            _ => KfsqlError::DataFusion(e),
+        }
+    }
+
+    fn clone_shallow(&self) -> Self {
+        let msg = self.to_string();
+        match self {
+            KfsqlError::Kafka(m) => KfsqlError::Kafka(m.clone()),
+            KfsqlError::BadMessage(m) => KfsqlError::BadMessage(m.clone()),
+            KfsqlError::Timeout(d) => KfsqlError::Timeout(*d),
+            KfsqlError::InvalidParameter(m) => KfsqlError::InvalidParameter(m.clone()),
+            KfsqlError::UndefinedTable(m) => KfsqlError::UndefinedTable(m.clone()),
+            KfsqlError::Unsupported(m) => KfsqlError::Unsupported(m.clone()),
+            _ => KfsqlError::Internal(msg),
+        }
+    }
+
+    /// Wrap into a DataFusionError so it can cross DataFusion APIs and be recovered by [`Self::from_datafusion`].
+    pub fn into_datafusion(self) -> DataFusionError {
+        DataFusionError::External(Box::new(self))
+    }
+}
+
+fn datafusion_sqlstate(e: &DataFusionError) -> &'static str {
+    let root = e.find_root();
+    let text = root.to_string();
+    match root {
+        DataFusionError::SQL(_, _) => "42601",
+        DataFusionError::NotImplemented(_) => "0A000",
+        DataFusionError::Plan(_) | DataFusionError::SchemaError(_, _) if is_missing_table(&text) => "42P01",
+        DataFusionError::SchemaError(_, _) => "42703",
+        DataFusionError::Plan(_) => "42000",
+        DataFusionError::ResourcesExhausted(_) => "53200",
+        DataFusionError::ArrowError(_, _) => "22000",
+        _ => "XX000",
+    }
+}
+
+fn is_missing_table(msg: &str) -> bool {
+    msg.contains("table") && (msg.contains("not found") || msg.contains("does not exist"))
+}

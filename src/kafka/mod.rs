@@ -1,0 +1,252 @@
+//! Kafka access: one [`KafkaCluster`] per server holds the bootstrap address, a metadata client and a producer, and
+//! answers the questions the rest of kfsql asks of the brokers (partitions, watermarks, offsets for times, topic
+//! creation). Every call is bounded by a timeout and answers a clear [`KfsqlError::Kafka`] when brokers are down.
+//! With no brokers configured it starts librdkafka's in-process mock cluster ([`mock`]).
+
+pub mod mock;
+pub mod partitioner;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::error::{KfsqlError, Result};
+pub use mock::EmbeddedCluster;
+pub use partitioner::Partitioner;
+
+/// The low and high watermark of one partition: offsets `[low, high)` are readable now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermarks {
+    pub low: i64,
+    pub high: i64,
+}
+
+/// A connection to one Kafka cluster (real brokers or the embedded mock).
+pub struct KafkaCluster {
+    bootstrap: String,
+    timeout: Duration,
+    replication: i32,
+    extra: Vec<(String, String)>,
+    metadata: Arc<BaseConsumer>,
+    producer: FutureProducer,
+    embedded: Option<EmbeddedCluster>,
+}
+
+impl std::fmt::Debug for KafkaCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaCluster").field("bootstrap", &self.bootstrap).field("embedded", &self.embedded.is_some()).finish()
+    }
+}
+
+impl KafkaCluster {
+    /// Connect to `bootstrap` (comma-separated host:port). Nothing is sent until the first call.
+    pub fn connect(bootstrap: &str, timeout: Duration, extra: Vec<(String, String)>) -> Result<Self> {
+        Self::build(bootstrap.to_string(), timeout, extra, None)
+    }
+
+    /// Start an in-process mock cluster with `brokers` brokers and connect to it.
+    pub fn embedded(brokers: i32, timeout: Duration) -> Result<Self> {
+        let mock = EmbeddedCluster::start(brokers)?;
+        Self::build(mock.bootstrap_servers(), timeout, Vec::new(), Some(mock))
+    }
+
+    fn build(bootstrap: String, timeout: Duration, extra: Vec<(String, String)>, embedded: Option<EmbeddedCluster>) -> Result<Self> {
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", &bootstrap).set("client.id", "kfsql");
+        for (k, v) in &extra {
+            base.set(k, v);
+        }
+        let metadata: BaseConsumer = base
+            .clone()
+            .set("allow.auto.create.topics", "false")
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| KfsqlError::Kafka(format!("cannot create a client for {bootstrap}: {e}")))?;
+        let producer: FutureProducer = base
+            .clone()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", &timeout.as_millis().max(1000).to_string())
+            .create()
+            .map_err(|e| KfsqlError::Kafka(format!("cannot create a producer for {bootstrap}: {e}")))?;
+        Ok(Self { bootstrap, timeout, replication: 1, extra, metadata: Arc::new(metadata), producer, embedded })
+    }
+
+    /// Replication factor for topics kfsql creates (the catalog topic, feature topics).
+    pub fn with_replication(mut self, replication: i32) -> Self {
+        self.replication = replication;
+        self
+    }
+
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        self.embedded.is_some()
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Client settings for a new consumer of this cluster (no group: kfsql assigns partitions itself).
+    pub fn consumer_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap)
+            .set("client.id", "kfsql")
+            .set("group.id", "kfsql")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("allow.auto.create.topics", "false")
+            .set("fetch.wait.max.ms", "50")
+            .set("queued.min.messages", "200000")
+            .set("fetch.message.max.bytes", "4194304");
+        for (k, v) in &self.extra {
+            c.set(k, v);
+        }
+        c
+    }
+
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+
+    /// Number of partitions of `topic`; a clear error when the topic does not exist or brokers are unreachable.
+    pub async fn partition_count(&self, topic: &str) -> Result<i32> {
+        let md = self.metadata.clone();
+        let timeout = self.timeout;
+        let topic_owned = topic.to_string();
+        let bootstrap = self.bootstrap.clone();
+        blocking(move || {
+            let meta = md
+                .fetch_metadata(Some(&topic_owned), timeout)
+                .map_err(|e| unreachable_err(&bootstrap, timeout, e))?;
+            let t = meta
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic_owned)
+                .ok_or_else(|| KfsqlError::InvalidParameter(format!("Kafka topic '{topic_owned}' does not exist")))?;
+            if let Some(err) = t.error() {
+                let code = RDKafkaErrorCode::from(err);
+                return Err(if code == RDKafkaErrorCode::UnknownTopicOrPartition || code == RDKafkaErrorCode::UnknownTopic {
+                    KfsqlError::InvalidParameter(format!("Kafka topic '{topic_owned}' does not exist (create it first)"))
+                } else {
+                    KfsqlError::Kafka(format!("metadata for topic '{topic_owned}': {code}"))
+                });
+            }
+            if t.partitions().is_empty() {
+                return Err(KfsqlError::InvalidParameter(format!("Kafka topic '{topic_owned}' does not exist (no partitions)")));
+            }
+            Ok(t.partitions().len() as i32)
+        })
+        .await
+    }
+
+    /// Whether `topic` exists.
+    pub async fn topic_exists(&self, topic: &str) -> Result<bool> {
+        match self.partition_count(topic).await {
+            Ok(_) => Ok(true),
+            Err(KfsqlError::InvalidParameter(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Watermarks of each listed partition, in order.
+    pub async fn watermarks(&self, topic: &str, partitions: &[i32]) -> Result<Vec<Watermarks>> {
+        let md = self.metadata.clone();
+        let timeout = self.timeout;
+        let topic = topic.to_string();
+        let partitions = partitions.to_vec();
+        let bootstrap = self.bootstrap.clone();
+        blocking(move || {
+            partitions
+                .iter()
+                .map(|&p| {
+                    md.fetch_watermarks(&topic, p, timeout)
+                        .map(|(low, high)| Watermarks { low, high })
+                        .map_err(|e| unreachable_err(&bootstrap, timeout, e))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// For each partition, the earliest offset whose timestamp is >= `timestamp_ms`, or None when there is none.
+    /// The broker's answer is not trusted blindly: callers clamp it to the partition's watermarks.
+    pub async fn offsets_for_time(&self, topic: &str, partitions: &[i32], timestamp_ms: i64) -> Result<Vec<Option<i64>>> {
+        let md = self.metadata.clone();
+        let timeout = self.timeout;
+        let topic = topic.to_string();
+        let partitions = partitions.to_vec();
+        let bootstrap = self.bootstrap.clone();
+        blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            for &p in &partitions {
+                tpl.add_partition_offset(&topic, p, Offset::Offset(timestamp_ms))
+                    .map_err(|e| KfsqlError::Kafka(e.to_string()))?;
+            }
+            let answer = md.offsets_for_times(tpl, timeout).map_err(|e| unreachable_err(&bootstrap, timeout, e))?;
+            Ok(partitions
+                .iter()
+                .map(|&p| match answer.find_partition(&topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) if o >= 0 => Some(o),
+                    _ => None,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Create `topic` (idempotent: an existing topic is fine). `configs` are topic configs such as cleanup.policy.
+    pub async fn create_topic(&self, topic: &str, partitions: i32, configs: &[(&str, &str)]) -> Result<()> {
+        if let Some(mock) = &self.embedded {
+            return mock.create_topic(topic, partitions);
+        }
+        let admin: AdminClient<DefaultClientContext> = self
+            .consumer_config()
+            .create()
+            .map_err(|e| KfsqlError::Kafka(format!("cannot create an admin client: {e}")))?;
+        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.replication));
+        for (k, v) in configs {
+            new = new.set(k, v);
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(self.timeout)).request_timeout(Some(self.timeout));
+        let res = tokio::time::timeout(self.timeout + Duration::from_secs(1), admin.create_topics([&new], &opts))
+            .await
+            .map_err(|_| KfsqlError::Kafka(format!("creating topic '{topic}' timed out after {:?} (brokers {})", self.timeout, self.bootstrap)))?
+            .map_err(|e| unreachable_err(&self.bootstrap, self.timeout, e))?;
+        for r in res {
+            match r {
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => return Err(KfsqlError::Kafka(format!("creating topic '{name}': {code}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unreachable_err(bootstrap: &str, timeout: Duration, e: KafkaError) -> KfsqlError {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::OperationTimedOut) | Some(RDKafkaErrorCode::AllBrokersDown) | Some(RDKafkaErrorCode::BrokerTransportFailure) => {
+            KfsqlError::Kafka(format!("Kafka brokers at {bootstrap} did not answer within {timeout:?} ({e}); check that they are up and reachable"))
+        }
+        _ => KfsqlError::Kafka(format!("{e} (brokers {bootstrap})")),
+    }
+}
+
+/// Run a blocking librdkafka call off the async runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| KfsqlError::Internal(format!("kafka task failed: {e}")))?
+}

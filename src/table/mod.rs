@@ -1,0 +1,15 @@
+//! Kafka topics as DataFusion tables: the definition ([`definition`]), the `STORED AS KAFKA` factory
+//! ([`factory`]), the [`provider`] with its filter [`pushdown`], the bounded per-partition [`scan`] and the
+//! counters scans keep ([`stats`]).
+
+pub mod definition;
+pub mod factory;
+pub mod provider;
+pub mod pushdown;
+pub mod scan;
+pub mod stats;
+
+pub use definition::{TableDefinition, TableOptions};
+pub use factory::KafkaTableFactory;
+pub use provider::KafkaTable;
+pub use stats::TableStats;

@@ -1,0 +1,168 @@
+//! [`KafkaTable`]: a Kafka topic as a DataFusion `TableProvider`. Planning a scan snapshots each partition's
+//! watermarks and turns the pushed-down filters into the offset ranges [`KafkaScanExec`] reads.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::Session;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+
+use crate::codec::JsonDecoder;
+use crate::error::{KfsqlError, Result};
+use crate::kafka::{KafkaCluster, Partitioner};
+use crate::table::definition::{TableDefinition, TableOptions, full_schema};
+use crate::table::pushdown::{self, ScanBounds};
+use crate::table::scan::{KafkaScanExec, PartitionRange, ScanSpec};
+use crate::table::stats::TableStats;
+
+/// A Kafka topic with a declared schema.
+#[derive(Debug)]
+pub struct KafkaTable {
+    def: TableDefinition,
+    options: TableOptions,
+    schema: SchemaRef,
+    decoder: JsonDecoder,
+    cluster: Arc<KafkaCluster>,
+    stats: Arc<TableStats>,
+    stall_timeout: Duration,
+}
+
+impl KafkaTable {
+    pub fn new(def: TableDefinition, cluster: Arc<KafkaCluster>, stats: Arc<TableStats>, stall_timeout: Duration) -> Result<Self> {
+        let declared = def.payload_schema()?;
+        let options = TableOptions::parse(&def.options, &declared)?;
+        let decoder = JsonDecoder::new(&declared, options.bad_messages);
+        let schema = full_schema(&JsonDecoder::output_schema(&declared, options.bad_messages));
+        Ok(Self { def, options, schema, decoder, cluster, stats, stall_timeout })
+    }
+
+    pub fn definition(&self) -> &TableDefinition {
+        &self.def
+    }
+
+    pub fn options(&self) -> &TableOptions {
+        &self.options
+    }
+
+    pub fn stats(&self) -> &Arc<TableStats> {
+        &self.stats
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.def.topic
+    }
+
+    /// The offset ranges a scan with these bounds reads, as of now.
+    pub async fn plan_ranges(&self, bounds: &ScanBounds) -> Result<(i32, Vec<PartitionRange>, Vec<String>)> {
+        let topic = &self.def.topic;
+        let count = self.cluster.partition_count(topic).await?;
+        let mut notes = Vec::new();
+        let mut parts: BTreeSet<i32> = (0..count).collect();
+        if let Some(p) = &bounds.partitions {
+            parts = parts.intersection(p).copied().collect();
+            notes.push(format!("_partition IN {p:?}"));
+        }
+        if let Some(keys) = &bounds.keys
+            && self.options.partitioner != Partitioner::None
+        {
+            let routed: BTreeSet<i32> = keys.iter().filter_map(|k| self.options.partitioner.partition_for(k.as_bytes(), count)).collect();
+            parts = parts.intersection(&routed).copied().collect();
+            notes.push(format!("{} key(s) → partition(s) {routed:?} by {}", keys.len(), self.options.partitioner));
+        }
+        if bounds.empty {
+            parts.clear();
+            notes.push("contradictory filters".into());
+        }
+        let parts: Vec<i32> = parts.into_iter().collect();
+        if parts.is_empty() {
+            return Ok((count, Vec::new(), notes));
+        }
+        let marks = self.cluster.watermarks(topic, &parts).await?;
+        let from_time = match bounds.timestamp_min_ms {
+            Some(ts) => {
+                notes.push(format!("_timestamp >= {ts}ms via offsets_for_times"));
+                Some(self.cluster.offsets_for_time(topic, &parts, ts).await?)
+            }
+            None => None,
+        };
+        if let Some(o) = bounds.offset_min {
+            notes.push(format!("_offset >= {o}"));
+        }
+        if let Some(o) = bounds.offset_end {
+            notes.push(format!("_offset < {o}"));
+        }
+        let ranges = parts
+            .iter()
+            .enumerate()
+            .map(|(i, &partition)| {
+                let wm = marks[i];
+                let mut start = wm.low.max(bounds.offset_min.unwrap_or(0));
+                if let Some(answers) = &from_time {
+                    // No offset for that time means no message that new: nothing to read. An answer outside the
+                    // readable range is clamped (some brokers answer 0 for a time past the end).
+                    start = start.max(answers[i].unwrap_or(wm.high));
+                }
+                let end = wm.high.min(bounds.offset_end.unwrap_or(i64::MAX));
+                PartitionRange { partition, start: start.min(end.max(start)), end: end.max(start) }
+            })
+            .collect();
+        Ok((count, ranges, notes))
+    }
+}
+
+#[async_trait]
+impl TableProvider for KafkaTable {
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        let key = self.options.key.as_deref();
+        Ok(filters
+            .iter()
+            .map(|f| if pushdown::is_supported(f, key) { TableProviderFilterPushDown::Inexact } else { TableProviderFilterPushDown::Unsupported })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let bounds = pushdown::bounds(filters, self.options.key.as_deref());
+        let (count, ranges, notes) = self.plan_ranges(&bounds).await.map_err(KfsqlError::into_datafusion)?;
+        let projected_schema = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
+        let spec = ScanSpec {
+            table: self.def.name.clone(),
+            topic: self.def.topic.clone(),
+            partition_count: count,
+            consumer_config: self.cluster.consumer_config(),
+            decoder: self.decoder.clone(),
+            payload_columns: self.schema.fields().len() - 4,
+            projection: projection.cloned(),
+            projected_schema,
+            partitioner: self.options.partitioner,
+            limit,
+            stall_timeout: self.stall_timeout,
+            stats: self.stats.clone(),
+            pushdown: notes.join("; "),
+        };
+        Ok(Arc::new(KafkaScanExec::new(spec, ranges)))
+    }
+}

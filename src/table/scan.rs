@@ -1,0 +1,329 @@
+//! The bounded scan of a Kafka table: [`KafkaScanExec`] has one output partition per Kafka partition it reads, each
+//! an offset range `[start, end)` fixed when the query was planned (end = the high watermark then). Each range is read
+//! by its own consumer on its own thread, decoded into Arrow batches there, and handed to DataFusion through a small
+//! channel; dropping the stream (a finished LIMIT, a cancelled query, a client gone) stops the thread.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, RecordBatchOptions, StringBuilder, TimestampNanosecondArray};
+use datafusion::arrow::compute::filter;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use futures::StreamExt;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::codec::JsonDecoder;
+use crate::error::KfsqlError;
+use crate::kafka::Partitioner;
+use crate::table::stats::TableStats;
+
+/// Messages decoded per Arrow batch.
+pub const BATCH_SIZE: usize = 8192;
+
+/// The offsets `[start, end)` of one partition that a scan reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionRange {
+    pub partition: i32,
+    pub start: i64,
+    pub end: i64,
+}
+
+/// Everything a partition reader needs, shared by all partitions of one scan.
+#[derive(Debug)]
+pub struct ScanSpec {
+    pub table: String,
+    pub topic: String,
+    pub partition_count: i32,
+    pub consumer_config: ClientConfig,
+    pub decoder: JsonDecoder,
+    /// Number of payload columns; metadata columns follow them in the full schema.
+    pub payload_columns: usize,
+    /// Indices into the full schema; None: all.
+    pub projection: Option<Vec<usize>>,
+    pub projected_schema: SchemaRef,
+    pub partitioner: Partitioner,
+    pub limit: Option<usize>,
+    /// How long a partition may go without delivering a message before the scan fails.
+    pub stall_timeout: Duration,
+    pub stats: Arc<TableStats>,
+    /// What pushdown did, for EXPLAIN.
+    pub pushdown: String,
+}
+
+/// Reads Kafka partitions as a bounded DataFusion source.
+#[derive(Debug)]
+pub struct KafkaScanExec {
+    spec: Arc<ScanSpec>,
+    ranges: Vec<PartitionRange>,
+    properties: Arc<PlanProperties>,
+}
+
+impl KafkaScanExec {
+    pub fn new(spec: ScanSpec, ranges: Vec<PartitionRange>) -> Self {
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(spec.projected_schema.clone()),
+            Partitioning::UnknownPartitioning(ranges.len().max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self { spec: Arc::new(spec), ranges, properties: Arc::new(properties) }
+    }
+
+    pub fn ranges(&self) -> &[PartitionRange] {
+        &self.ranges
+    }
+
+    /// Messages this scan will read at most.
+    pub fn message_count(&self) -> i64 {
+        self.ranges.iter().map(|r| (r.end - r.start).max(0)).sum()
+    }
+}
+
+impl DisplayAs for KafkaScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let ranges = self
+            .ranges
+            .iter()
+            .map(|r| format!("{}:[{}..{})", r.partition, r.start, r.end))
+            .collect::<Vec<_>>()
+            .join(", ");
+        write!(
+            f,
+            "KafkaScanExec: topic={}, partitions={}/{} [{}], messages={}",
+            self.spec.topic,
+            self.ranges.len(),
+            self.spec.partition_count,
+            ranges,
+            self.message_count()
+        )?;
+        if !self.spec.pushdown.is_empty() {
+            write!(f, ", pushdown=[{}]", self.spec.pushdown)?;
+        }
+        if let Some(p) = &self.spec.projection {
+            let names: Vec<_> = self.spec.projected_schema.fields().iter().map(|f| f.name().as_str()).collect();
+            if p.len() < self.spec.payload_columns + 4 {
+                write!(f, ", projection=[{}]", names.join(", "))?;
+            }
+        }
+        if let Some(l) = self.spec.limit {
+            write!(f, ", limit={l}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for KafkaScanExec {
+    fn name(&self) -> &str {
+        "KafkaScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(&self, _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal("KafkaScanExec has no children".into()))
+        }
+    }
+
+    fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let schema = self.spec.projected_schema.clone();
+        let Some(range) = self.ranges.get(partition).copied() else {
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::empty())));
+        };
+        if range.start >= range.end {
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::empty())));
+        }
+        let (tx, rx) = mpsc::channel::<DfResult<RecordBatch>>(2);
+        let spec = self.spec.clone();
+        std::thread::Builder::new()
+            .name(format!("kfsql-scan-{}-{}", spec.topic, range.partition))
+            .spawn(move || {
+                if let Err(e) = read_partition(&spec, range, &tx) {
+                    let _ = tx.blocking_send(Err(e.into_datafusion()));
+                }
+            })
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        self.spec.stats.add(&self.spec.stats.scans, 1);
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, ReceiverStream::new(rx).fuse())))
+    }
+}
+
+/// Messages of one batch, accumulated before decoding.
+struct Pending {
+    payload: Vec<u8>,
+    ends: Vec<usize>,
+    offsets: Vec<i64>,
+    timestamps: Vec<Option<i64>>,
+    keys: StringBuilder,
+}
+
+impl Pending {
+    fn new() -> Self {
+        Self {
+            payload: Vec::with_capacity(BATCH_SIZE * 128),
+            ends: Vec::with_capacity(BATCH_SIZE),
+            offsets: Vec::with_capacity(BATCH_SIZE),
+            timestamps: Vec::with_capacity(BATCH_SIZE),
+            keys: StringBuilder::with_capacity(BATCH_SIZE, BATCH_SIZE * 8),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.offsets.len()
+    }
+}
+
+/// Read `range` of one partition, sending decoded batches on `tx`. Returns when the range is done, the receiver is
+/// gone, or on error.
+fn read_partition(spec: &ScanSpec, range: PartitionRange, tx: &mpsc::Sender<DfResult<RecordBatch>>) -> Result<(), KfsqlError> {
+    let consumer: BaseConsumer = spec
+        .consumer_config
+        .create()
+        .map_err(|e| KfsqlError::Kafka(format!("cannot create a consumer: {e}")))?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&spec.topic, range.partition, Offset::Offset(range.start))
+        .map_err(|e| KfsqlError::Kafka(e.to_string()))?;
+    consumer.assign(&tpl).map_err(|e| KfsqlError::Kafka(format!("assigning {}[{}]: {e}", spec.topic, range.partition)))?;
+
+    let mut pending = Pending::new();
+    let mut emitted = 0usize;
+    let mut next = range.start;
+    let mut last_progress = Instant::now();
+    let (mut messages, mut bytes, mut tombstones, mut misrouted) = (0u64, 0u64, 0u64, 0u64);
+    let result = loop {
+        if next >= range.end || spec.limit.is_some_and(|l| emitted >= l) {
+            break Ok(());
+        }
+        if tx.is_closed() {
+            break Ok(());
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {
+                if last_progress.elapsed() > spec.stall_timeout {
+                    break Err(KfsqlError::Kafka(format!(
+                        "no data from {}[{}] for {:?} while reading offsets {}..{} (at {next}); is the broker up?",
+                        spec.topic, range.partition, spec.stall_timeout, range.start, range.end
+                    )));
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => break Ok(()),
+            Some(Err(e)) => break Err(KfsqlError::Kafka(format!("reading {}[{}]: {e}", spec.topic, range.partition))),
+            Some(Ok(m)) => {
+                last_progress = Instant::now();
+                let offset = m.offset();
+                if offset >= range.end {
+                    break Ok(());
+                }
+                next = offset + 1;
+                messages += 1;
+                let key = m.key();
+                if let Some(k) = key
+                    && spec.partitioner.partition_for(k, spec.partition_count).is_some_and(|p| p != range.partition)
+                {
+                    misrouted += 1;
+                }
+                let Some(payload) = m.payload() else {
+                    tombstones += 1;
+                    continue;
+                };
+                bytes += payload.len() as u64;
+                pending.payload.extend_from_slice(payload);
+                pending.ends.push(pending.payload.len());
+                pending.offsets.push(offset);
+                pending.timestamps.push(m.timestamp().to_millis());
+                match key {
+                    Some(k) => pending.keys.append_value(String::from_utf8_lossy(k)),
+                    None => pending.keys.append_null(),
+                }
+                if pending.len() >= BATCH_SIZE {
+                    let batch = decode(spec, range.partition, std::mem::replace(&mut pending, Pending::new()))?;
+                    emitted += batch.num_rows();
+                    if tx.blocking_send(Ok(batch)).is_err() {
+                        break Ok(());
+                    }
+                }
+            }
+        }
+    };
+    let stats = &spec.stats;
+    stats.add(&stats.messages, messages);
+    stats.add(&stats.bytes, bytes);
+    stats.add(&stats.tombstones, tombstones);
+    stats.add(&stats.misrouted, misrouted);
+    result?;
+    if pending.len() > 0 {
+        let batch = decode(spec, range.partition, pending)?;
+        let _ = tx.blocking_send(Ok(batch));
+    }
+    Ok(())
+}
+
+/// Decode one batch of messages and assemble the projected output columns.
+fn decode(spec: &ScanSpec, partition: i32, mut p: Pending) -> Result<RecordBatch, KfsqlError> {
+    let mut slices = Vec::with_capacity(p.ends.len());
+    let mut start = 0;
+    for &end in &p.ends {
+        slices.push(&p.payload[start..end]);
+        start = end;
+    }
+    let decoded = spec.decoder.decode(&slices).map_err(|bad| {
+        KfsqlError::BadMessage(format!(
+            "message at {}[{}] offset {} does not match table '{}': {} (the table has bad_messages = 'fail'; declare 'skip' or 'null' to read past it)",
+            spec.topic,
+            partition,
+            p.offsets.get(bad.index).copied().unwrap_or(-1),
+            spec.table,
+            bad.reason
+        ))
+    })?;
+    spec.stats.add(&spec.stats.bad_messages, decoded.bad);
+
+    let n = p.offsets.len();
+    let mut meta: Vec<ArrayRef> = vec![
+        Arc::new(Int32Array::from(vec![partition; n])),
+        Arc::new(Int64Array::from(std::mem::take(&mut p.offsets))),
+        Arc::new(TimestampNanosecondArray::from(
+            p.timestamps.iter().map(|t| t.and_then(|ms| ms.checked_mul(1_000_000))).collect::<Vec<_>>(),
+        )),
+        Arc::new(p.keys.finish()),
+    ];
+    if let Some(keep) = &decoded.keep {
+        meta = meta.iter().map(|a| filter(a.as_ref(), keep)).collect::<Result<_, _>>().map_err(|e| KfsqlError::Internal(e.to_string()))?;
+    }
+    let rows = decoded.batch.num_rows();
+    let column = |i: usize| -> ArrayRef {
+        if i < spec.payload_columns { decoded.batch.column(i).clone() } else { meta[i - spec.payload_columns].clone() }
+    };
+    let columns: Vec<ArrayRef> = match &spec.projection {
+        Some(p) => p.iter().map(|&i| column(i)).collect(),
+        None => (0..spec.payload_columns + meta.len()).map(column).collect(),
+    };
+    RecordBatch::try_new_with_options(spec.projected_schema.clone(), columns, &RecordBatchOptions::new().with_row_count(Some(rows)))
+        .map_err(|e| KfsqlError::Internal(format!("assembling a batch of {}: {e}", spec.table)))
+}

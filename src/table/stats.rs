@@ -1,0 +1,44 @@
+//! Per-table counters that scans update and `kfsql.table_stats` shows: messages read, bad messages, tombstones, and
+//! messages found in a partition their key does not hash to (a sign the declared partitioner is wrong).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct TableStats {
+    pub scans: AtomicU64,
+    pub messages: AtomicU64,
+    pub bytes: AtomicU64,
+    pub bad_messages: AtomicU64,
+    pub tombstones: AtomicU64,
+    pub misrouted: AtomicU64,
+}
+
+/// A point-in-time copy of [`TableStats`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub scans: u64,
+    pub messages: u64,
+    pub bytes: u64,
+    pub bad_messages: u64,
+    pub tombstones: u64,
+    pub misrouted: u64,
+}
+
+impl TableStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            scans: self.scans.load(Ordering::Relaxed),
+            messages: self.messages.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            bad_messages: self.bad_messages.load(Ordering::Relaxed),
+            tombstones: self.tombstones.load(Ordering::Relaxed),
+            misrouted: self.misrouted.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn add(&self, counter: &AtomicU64, n: u64) {
+        if n > 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}

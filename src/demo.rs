@@ -1,1 +1,137 @@
-//! Demo data.
+//! The fraud demo: a generated stream of card transactions (users, merchants, countries, a fraud pattern) and its
+//! labels, produced into Kafka with the user as message key and the event time as Kafka timestamp, plus the table
+//! definitions of `sql/fraud/tables.sql`. Used by the embedded default and by tests and benchmarks.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde::Serialize;
+
+use crate::engine::Engine;
+use crate::error::{KfsqlError, Result};
+use crate::kafka::KafkaCluster;
+
+/// The fraud example's table definitions.
+pub const TABLES_SQL: &str = include_str!("../sql/fraud/tables.sql");
+
+const COUNTRIES: &[&str] = &["FR", "DE", "ES", "IT", "GB", "US", "NL", "BE", "PT", "PL"];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Transaction {
+    pub txn_id: String,
+    pub user_id: String,
+    pub amount: f64,
+    pub merchant: String,
+    pub country: String,
+    /// RFC 3339, UTC.
+    pub event_time: String,
+    #[serde(skip)]
+    pub event_time_ms: i64,
+    #[serde(skip)]
+    pub is_fraud: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Label<'a> {
+    txn_id: &'a str,
+    user_id: &'a str,
+    is_fraud: bool,
+    event_time: String,
+}
+
+/// Generate `n` transactions of `users` users over the `span` before `end`, in time order. Deterministic per seed.
+/// About 2% of users are compromised: part of their later transactions are large, in a foreign country, in bursts.
+pub fn generate(n: usize, users: usize, span: Duration, end: DateTime<Utc>, seed: u64) -> Vec<Transaction> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let users = users.max(1);
+    let home: Vec<&str> = (0..users).map(|_| COUNTRIES[rng.random_range(0..COUNTRIES.len())]).collect();
+    let compromised: Vec<bool> = (0..users).map(|_| rng.random_bool(0.02)).collect();
+    let start_ms = end.timestamp_millis() - span.as_millis() as i64;
+    let step = (span.as_millis() as f64 / n.max(1) as f64).max(1.0);
+    (0..n)
+        .map(|i| {
+            let u = rng.random_range(0..users);
+            let t = start_ms + (i as f64 * step) as i64 + rng.random_range(0..step as i64 + 1);
+            let late = i > n / 2;
+            let fraud = compromised[u] && late && rng.random_bool(0.6);
+            let (amount, country) = if fraud {
+                (rng.random_range(300.0..3000.0), COUNTRIES[rng.random_range(0..COUNTRIES.len())])
+            } else {
+                (rng.random_range(2.0..150.0), home[u])
+            };
+            Transaction {
+                txn_id: format!("t{i}"),
+                user_id: format!("u{u}"),
+                amount: (amount * 100.0f64).round() / 100.0,
+                merchant: format!("m{}", rng.random_range(0..500)),
+                country: country.to_string(),
+                event_time: iso(t),
+                event_time_ms: t,
+                is_fraud: fraud,
+            }
+        })
+        .collect()
+}
+
+fn iso(ms: i64) -> String {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default().format("%Y-%m-%dT%H:%M:%S%.3f").to_string()
+}
+
+/// Produce `txns` to `topic` (key = user_id, timestamp = event time), waiting for every acknowledgement.
+pub async fn produce_transactions(producer: &FutureProducer, topic: &str, txns: &[Transaction]) -> Result<()> {
+    let mut pending = Vec::with_capacity(txns.len());
+    for t in txns {
+        let payload = serde_json::to_vec(t).map_err(|e| KfsqlError::Internal(e.to_string()))?;
+        let record = FutureRecord::to(topic).key(&t.user_id).payload(&payload).timestamp(t.event_time_ms);
+        pending.push(send_with_retry(producer, record).await?);
+    }
+    for f in pending {
+        f.await.map_err(|_| KfsqlError::Kafka("producer dropped".into()))?.map_err(|(e, _)| KfsqlError::Kafka(e.to_string()))?;
+    }
+    producer.flush(Duration::from_secs(30)).map_err(|e| KfsqlError::Kafka(e.to_string()))
+}
+
+/// Produce one label per transaction, arriving a while after it.
+pub async fn produce_labels(producer: &FutureProducer, topic: &str, txns: &[Transaction]) -> Result<()> {
+    let mut pending = Vec::with_capacity(txns.len());
+    for t in txns {
+        let label = Label { txn_id: &t.txn_id, user_id: &t.user_id, is_fraud: t.is_fraud, event_time: t.event_time.clone() };
+        let payload = serde_json::to_vec(&label).map_err(|e| KfsqlError::Internal(e.to_string()))?;
+        let record = FutureRecord::to(topic).key(&t.user_id).payload(&payload).timestamp(t.event_time_ms + 60_000);
+        pending.push(send_with_retry(producer, record).await?);
+    }
+    for f in pending {
+        f.await.map_err(|_| KfsqlError::Kafka("producer dropped".into()))?.map_err(|(e, _)| KfsqlError::Kafka(e.to_string()))?;
+    }
+    Ok(())
+}
+
+type Delivery = rdkafka::producer::DeliveryFuture;
+
+/// Enqueue a record, waiting while the producer's local queue is full.
+async fn send_with_retry<'a>(producer: &FutureProducer, mut record: FutureRecord<'a, String, Vec<u8>>) -> Result<Delivery> {
+    loop {
+        match producer.send_result(record) {
+            Ok(f) => return Ok(f),
+            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => return Err(KfsqlError::Kafka(e.to_string())),
+        }
+    }
+}
+
+/// Create the demo topics, fill them and declare the tables: the embedded default's starting state.
+pub async fn load(engine: &Engine, cluster: &KafkaCluster, transactions: usize, users: usize) -> Result<()> {
+    cluster.create_topic("transactions", 4, &[]).await?;
+    cluster.create_topic("labels", 4, &[]).await?;
+    let txns = generate(transactions, users, Duration::from_secs(24 * 3600), Utc::now(), 42);
+    produce_transactions(cluster.producer(), "transactions", &txns).await?;
+    produce_labels(cluster.producer(), "labels", &txns).await?;
+    engine.query(TABLES_SQL).await?;
+    Ok(())
+}

@@ -1,1 +1,117 @@
-fn main(){}
+//! The `kfsql` command: `serve` (the default) runs the feature store over pg-wire; `query` runs SQL once and prints
+//! the result. With no brokers configured it starts an embedded Kafka and loads the fraud demo.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use kfsql::kafka::KafkaCluster;
+use kfsql::{Engine, EngineConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "kfsql", version, about = "Kafka topics as an ML feature store, queried with SQL over the Postgres wire protocol")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve SQL over the Postgres wire protocol (the default).
+    Serve {
+        /// Address to listen on for Postgres clients.
+        #[arg(long, env = "KFSQL_LISTEN", default_value = "127.0.0.1:5433")]
+        listen: String,
+    },
+    /// Run SQL once and print the result (for scripts).
+    Query {
+        /// One or more SQL statements; the result of each is printed.
+        sql: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// Kafka bootstrap servers (host:port,…). Without it, kfsql starts an embedded Kafka with demo data.
+    #[arg(long, env = "KFSQL_BROKERS", global = true)]
+    brokers: Option<String>,
+    /// Compacted topic that holds table definitions.
+    #[arg(long, env = "KFSQL_CATALOG_TOPIC", default_value = "_kfsql_catalog", global = true)]
+    catalog_topic: String,
+    /// Longest a statement may run, and how long to wait for brokers (e.g. 30s, 2m).
+    #[arg(long, env = "KFSQL_QUERY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    query_timeout: Duration,
+    /// Timeout for Kafka metadata and admin calls.
+    #[arg(long, env = "KFSQL_KAFKA_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    kafka_timeout: Duration,
+    /// Replication factor for topics kfsql creates.
+    #[arg(long, env = "KFSQL_REPLICATION_FACTOR", default_value_t = 1, global = true)]
+    replication_factor: i32,
+    /// Extra librdkafka client properties, e.g. -X security.protocol=SSL (repeatable).
+    #[arg(short = 'X', value_parser = parse_kv, global = true)]
+    kafka_property: Vec<(String, String)>,
+    /// With the embedded Kafka: do not load the fraud demo.
+    #[arg(long, env = "KFSQL_NO_DEMO", global = true)]
+    no_demo: bool,
+    /// With the embedded Kafka: how many demo transactions to generate.
+    #[arg(long, default_value_t = 20_000, global = true)]
+    demo_transactions: usize,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).ok_or_else(|| format!("expected key=value, got '{s}'"))
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KFSQL_LOG").unwrap_or_else(|_| "kfsql=info,warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("kfsql: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let c = &cli.common;
+    let cluster = match &c.brokers {
+        Some(b) => KafkaCluster::connect(b, c.kafka_timeout, c.kafka_property.clone())?,
+        None => KafkaCluster::embedded(1, c.kafka_timeout)?,
+    }
+    .with_replication(c.replication_factor);
+    let cluster = Arc::new(cluster);
+    let config = EngineConfig { catalog_topic: c.catalog_topic.clone(), query_timeout: c.query_timeout, ..Default::default() };
+    let engine = Engine::start(cluster.clone(), config).await?;
+    if cluster.is_embedded() && !c.no_demo {
+        tracing::info!("loading the fraud demo ({} transactions)…", c.demo_transactions);
+        kfsql::demo::load(&engine, &cluster, c.demo_transactions, 1000).await?;
+    }
+    match cli.command.unwrap_or(Command::Serve { listen: std::env::var("KFSQL_LISTEN").unwrap_or_else(|_| "127.0.0.1:5433".into()) }) {
+        Command::Query { sql } => {
+            for (schema, batches, tag) in engine.query(&sql).await? {
+                if schema.is_some() {
+                    println!("{}", pretty_format_batches(&batches)?);
+                }
+                println!("{tag}");
+            }
+            Ok(())
+        }
+        Command::Serve { listen } => {
+            let (addr, task) = kfsql::server::start(engine, &listen).await?;
+            eprintln!("kfsql {} serving Postgres clients on {addr}", env!("CARGO_PKG_VERSION"));
+            eprintln!("  psql -h {} -p {} -U kfsql -d kfsql", addr.ip(), addr.port());
+            eprintln!("  Kafka bootstrap: {}{}", cluster.bootstrap_servers(), if cluster.is_embedded() { " (embedded; produce here with any Kafka client)" } else { "" });
+            tokio::select! {
+                r = task => { r??; }
+                _ = tokio::signal::ctrl_c() => { eprintln!("kfsql: shutting down"); }
+            }
+            Ok(())
+        }
+    }
+}

@@ -6,14 +6,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{KfsqlError, Result};
-use crate::kafka::KafkaCluster;
+use crate::kafka::{KafkaCluster, KfsqlConsumer, KfsqlContext};
 use crate::table::TableDefinition;
 
 /// One change read from the catalog topic.
@@ -158,11 +158,11 @@ impl CatalogStore {
             .map_err(|(e, _)| KfsqlError::Kafka(format!("writing to catalog topic '{}': {e}", self.topic)))
     }
 
-    fn consumer(&self, offset: i64) -> Result<BaseConsumer> {
-        let consumer: BaseConsumer = self
+    fn consumer(&self, offset: i64) -> Result<KfsqlConsumer> {
+        let consumer: KfsqlConsumer = self
             .cluster
             .consumer_config()
-            .create()
+            .create_with_context(KfsqlContext)
             .map_err(|e| KfsqlError::Kafka(format!("cannot create a catalog consumer: {e}")))?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, 0, Offset::Offset(offset)).map_err(|e| KfsqlError::Kafka(e.to_string()))?;

@@ -152,9 +152,9 @@ impl JsonDecoder {
     }
 
     /// Decode every payload into one batch; None when any of them is not exactly one valid object.
-    fn try_decode_all<'a>(&self, payloads: impl Iterator<Item = &'a [u8]>) -> Option<RecordBatch> {
+    fn try_decode_all<'a>(&self, payloads: impl ExactSizeIterator<Item = &'a [u8]>) -> Option<RecordBatch> {
         let mut decoder = ReaderBuilder::new(self.decode_schema.clone())
-            .with_batch_size(usize::MAX >> 1)
+            .with_batch_size(payloads.len().max(1))
             .build_decoder()
             .ok()?;
         let mut rows = 0usize;

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
@@ -21,6 +21,25 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::error::{KfsqlError, Result};
 pub use mock::EmbeddedCluster;
 pub use partitioner::Partitioner;
+
+/// Client context for every kfsql consumer: routes librdkafka's errors to tracing, minus the end-of-partition
+/// events scans ask for (`enable.partition.eof`) that librdkafka also reports globally.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KfsqlContext;
+
+impl ClientContext for KfsqlContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
+        tracing::warn!("kafka: {error}: {reason}");
+    }
+}
+
+impl ConsumerContext for KfsqlContext {}
+
+/// The consumer type kfsql uses everywhere (partitions are assigned, never subscribed).
+pub type KfsqlConsumer = BaseConsumer<KfsqlContext>;
 
 /// The low and high watermark of one partition: offsets `[low, high)` are readable now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +54,7 @@ pub struct KafkaCluster {
     timeout: Duration,
     replication: i32,
     extra: Vec<(String, String)>,
-    metadata: Arc<BaseConsumer>,
+    metadata: Arc<KfsqlConsumer>,
     producer: FutureProducer,
     embedded: Option<EmbeddedCluster>,
 }
@@ -64,15 +83,17 @@ impl KafkaCluster {
         for (k, v) in &extra {
             base.set(k, v);
         }
-        let metadata: BaseConsumer = base
+        let metadata: KfsqlConsumer = base
             .clone()
             .set("allow.auto.create.topics", "false")
             .set("enable.auto.commit", "false")
-            .create()
+            .create_with_context(KfsqlContext)
             .map_err(|e| KfsqlError::Kafka(format!("cannot create a client for {bootstrap}: {e}")))?;
         let producer: FutureProducer = base
             .clone()
             .set("enable.idempotence", "true")
+            // Place keys as Java clients do, so tables' default partitioner (murmur2) prunes correctly.
+            .set("partitioner", "murmur2_random")
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("message.timeout.ms", &timeout.as_millis().max(1000).to_string())
@@ -93,6 +114,12 @@ impl KafkaCluster {
 
     pub fn is_embedded(&self) -> bool {
         self.embedded.is_some()
+    }
+
+    /// Whether ListOffsets by timestamp can be trusted to start scans. librdkafka's mock cluster answers "end" for
+    /// every timestamp, so the embedded Kafka scans from the start and filters instead.
+    pub fn supports_offsets_for_times(&self) -> bool {
+        self.embedded.is_none()
     }
 
     pub fn timeout(&self) -> Duration {
@@ -211,6 +238,9 @@ impl KafkaCluster {
     /// Create `topic` (idempotent: an existing topic is fine). `configs` are topic configs such as cleanup.policy.
     pub async fn create_topic(&self, topic: &str, partitions: i32, configs: &[(&str, &str)]) -> Result<()> {
         if let Some(mock) = &self.embedded {
+            if self.topic_exists(topic).await? {
+                return Ok(());
+            }
             return mock.create_topic(topic, partitions);
         }
         let admin: AdminClient<DefaultClientContext> = self

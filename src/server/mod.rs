@@ -1,1 +1,335 @@
-//! pg-wire server.
+//! The Postgres wire protocol front end (pgwire): accepts connections, answers the simple and extended query
+//! protocols from the [`Engine`], encodes Arrow results as Postgres text or binary values (arrow-pg), and maps every
+//! failure to an ErrorResponse with a SQLSTATE. One slow or broken client never affects the others: each connection
+//! is its own task, and a client that disconnects drops its query's stream, which stops the Kafka readers.
+
+mod error;
+pub mod session;
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arrow_pg::datatypes::df::deserialize_parameters;
+use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use futures::{Sink, StreamExt, stream};
+use pgwire::api::auth::StartupHandler;
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionManager, PgWireServerHandlers, Type};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+use pgwire::types::format::FormatOptions;
+use tokio::net::TcpListener;
+
+use crate::engine::{Engine, Output};
+use crate::error::KfsqlError;
+pub use error::to_pg;
+use session::SessionCommand;
+
+/// A statement prepared through the extended protocol: parsed once, and for queries planned once.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub sql: String,
+    pub statement: Option<DFStatement>,
+    /// The logical plan of a query, with `$n` placeholders; None for commands.
+    pub plan: Option<LogicalPlan>,
+}
+
+/// pgwire handlers backed by one engine.
+pub struct Handlers {
+    engine: Engine,
+    parser: Arc<KfsqlParser>,
+    startup: Arc<Startup>,
+    cancel: Arc<DefaultCancelHandler>,
+}
+
+impl Handlers {
+    pub fn new(engine: Engine) -> Self {
+        let connections = Arc::new(ConnectionManager::new());
+        Self {
+            parser: Arc::new(KfsqlParser { engine: engine.clone() }),
+            engine,
+            startup: Arc::new(Startup { connections: connections.clone() }),
+            cancel: Arc::new(DefaultCancelHandler::new(connections)),
+        }
+    }
+}
+
+pub struct Startup {
+    connections: Arc<ConnectionManager>,
+}
+
+impl NoopStartupHandler for Startup {
+    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
+        Some(self.connections.clone())
+    }
+}
+
+/// Serve pg-wire on `listener` until the process ends.
+pub async fn serve(engine: Engine, listener: TcpListener) -> std::io::Result<()> {
+    let handlers = Arc::new(ServerHandlers(Arc::new(Handlers::new(engine))));
+    loop {
+        let (socket, addr) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let handlers = handlers.clone();
+        tokio::spawn(async move {
+            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                tracing::debug!("connection {addr}: {e}");
+            }
+        });
+    }
+}
+
+/// Bind `addr` and serve; returns the bound address (useful with port 0) and the serving task.
+pub async fn start(engine: Engine, addr: &str) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((local, tokio::spawn(serve(engine, listener))))
+}
+
+struct ServerHandlers(Arc<Handlers>);
+
+impl PgWireServerHandlers for ServerHandlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.0.clone()
+    }
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.0.clone()
+    }
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.0.startup.clone()
+    }
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        self.0.cancel.clone()
+    }
+}
+
+impl Handlers {
+    /// Run one statement for a client and turn the result into a pgwire response.
+    async fn run<C>(&self, client: &mut C, stmt: DFStatement, plan: Option<LogicalPlan>, format: &Format) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Send + Sync,
+    {
+        if let Some(cmd) = session::classify(&stmt) {
+            return Ok(self.session_command(client.metadata_mut(), cmd, format));
+        }
+        if let DFStatement::Reset(r) = &stmt {
+            let name = r.to_string().trim_start_matches("RESET ").to_ascii_lowercase();
+            session::reset(client.metadata_mut(), &name);
+            return Ok(Response::Execution(Tag::new("RESET")));
+        }
+        let is_insert = matches!(&stmt, DFStatement::Statement(s) if matches!(s.as_ref(), SqlStatement::Insert(_)));
+        let out = match plan {
+            Some(plan) => self.engine.execute_plan(plan).await,
+            None => self.engine.execute(stmt).await,
+        }
+        .map_err(to_pg)?;
+        let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+        match out {
+            Output::Rows(stream) => {
+                let schema = stream.schema();
+                let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, Some(options))?);
+                let f = fields.clone();
+                let rows = stream
+                    .map(move |batch| -> Box<dyn Iterator<Item = PgWireResult<_>> + Send + Sync> {
+                        match batch {
+                            Ok(b) => encode_recordbatch(f.clone(), b),
+                            Err(e) => Box::new(std::iter::once(Err(error::df_to_pg(e)))),
+                        }
+                    })
+                    .flat_map(stream::iter);
+                Ok(Response::Query(QueryResponse::new(fields, rows)))
+            }
+            Output::Command { tag, rows } => {
+                let mut t = if is_insert || tag.starts_with("INSERT") { Tag::new("INSERT").with_oid(0) } else { Tag::new(&tag) };
+                if let Some(n) = rows {
+                    t = t.with_rows(n);
+                }
+                Ok(Response::Execution(t))
+            }
+        }
+    }
+
+    fn session_command(&self, metadata: &mut HashMap<String, String>, cmd: SessionCommand, format: &Format) -> Response {
+        match cmd {
+            SessionCommand::Set { name, value } => {
+                session::set(metadata, &name, &value);
+                Response::Execution(Tag::new("SET"))
+            }
+            SessionCommand::Reset(name) => {
+                session::reset(metadata, &name);
+                Response::Execution(Tag::new("RESET"))
+            }
+            SessionCommand::Show(name) => match session::show(metadata, &name) {
+                Some(v) => single_text_row(&name, &v, format),
+                None => Response::Error(Box::new(pgwire::error::ErrorInfo::new(
+                    "ERROR".into(),
+                    "42704".into(),
+                    format!("unrecognized configuration parameter \"{name}\""),
+                ))),
+            },
+            SessionCommand::Begin => Response::TransactionStart(Tag::new("BEGIN")),
+            SessionCommand::Commit => Response::TransactionEnd(Tag::new("COMMIT")),
+            SessionCommand::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")),
+            SessionCommand::NoOp(tag) => Response::Execution(Tag::new(tag)),
+        }
+    }
+}
+
+fn single_text_row(name: &str, value: &str, format: &Format) -> Response {
+    let fields = Arc::new(vec![FieldInfo::new(name.to_string(), None, None, Type::TEXT, format.format_for(0))]);
+    let mut enc = DataRowEncoder::new(fields.clone());
+    let row = enc.encode_field(&value.to_string()).map(|_| enc.take_row());
+    Response::Query(QueryResponse::new(fields, stream::iter(vec![row])))
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Handlers {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let stmts = self.engine.parse(query).map_err(to_pg)?;
+        if stmts.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let mut out = Vec::with_capacity(stmts.len());
+        for stmt in stmts {
+            match self.run(client, stmt, None, &Format::UnifiedText).await {
+                Ok(r) => out.push(r),
+                Err(PgWireError::UserError(info)) => {
+                    // Postgres stops a multi-statement query at the first error.
+                    out.push(Response::Error(info));
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Parses and plans statements for the extended protocol.
+pub struct KfsqlParser {
+    engine: Engine,
+}
+
+#[async_trait]
+impl QueryParser for KfsqlParser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(&self, _client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let mut stmts = self.engine.parse(sql).map_err(to_pg)?;
+        if stmts.len() > 1 {
+            return Err(to_pg(KfsqlError::Syntax("cannot insert multiple commands into a prepared statement".into())));
+        }
+        let Some(stmt) = stmts.pop() else { return Ok(None) };
+        let plan = if is_query(&stmt) { Some(self.engine.plan(stmt.clone()).await.map_err(to_pg)?) } else { None };
+        Ok(Some(Prepared { sql: sql.to_string(), statement: Some(stmt), plan }))
+    }
+
+    fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
+        Ok(ordered_parameter_types(stmt.plan.as_ref())?
+            .into_iter()
+            .map(|t| t.and_then(|t| into_pg_type(&t).ok()).unwrap_or(Type::UNKNOWN))
+            .collect())
+    }
+
+    fn get_result_schema(&self, stmt: &Prepared, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        match &stmt.plan {
+            Some(plan) => {
+                let default = Format::UnifiedText;
+                arrow_schema_to_pg_fields(plan.schema().as_arrow(), format.unwrap_or(&default), None)
+            }
+            None => Ok(match stmt.statement.as_ref().and_then(session::classify) {
+                Some(SessionCommand::Show(name)) => {
+                    vec![FieldInfo::new(name, None, None, Type::TEXT, format.map(|f| f.format_for(0)).unwrap_or(FieldFormat::Text))]
+                }
+                _ => Vec::new(),
+            }),
+        }
+    }
+}
+
+/// Whether a statement is a query to plan at Parse time (its result shape and parameters are known then).
+fn is_query(stmt: &DFStatement) -> bool {
+    match stmt {
+        DFStatement::Statement(s) => matches!(s.as_ref(), SqlStatement::Query(_)),
+        DFStatement::Explain(_) => true,
+        _ => false,
+    }
+}
+
+/// The plan's parameter types in `$1, $2, …` order.
+fn ordered_parameter_types(plan: Option<&LogicalPlan>) -> PgWireResult<Vec<Option<DataType>>> {
+    let Some(plan) = plan else { return Ok(Vec::new()) };
+    let types = plan.get_parameter_types().map_err(error::df_to_pg)?;
+    let mut indexed: Vec<(usize, Option<DataType>)> = types
+        .into_iter()
+        .filter_map(|(name, t)| name.trim_start_matches('$').parse::<usize>().ok().map(|i| (i, t)))
+        .collect();
+    indexed.sort_by_key(|(i, _)| *i);
+    let n = indexed.last().map(|(i, _)| *i).unwrap_or(0);
+    let mut out = vec![None; n];
+    for (i, t) in indexed {
+        if i >= 1 {
+            out[i - 1] = t;
+        }
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Handlers {
+    type Statement = Prepared;
+    type QueryParser = KfsqlParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let prepared = &portal.statement.statement;
+        let Some(stmt) = prepared.statement.clone() else { return Ok(Response::EmptyQuery) };
+        let plan = match &prepared.plan {
+            Some(plan) => {
+                let types = ordered_parameter_types(Some(plan))?;
+                let refs: Vec<Option<&DataType>> = types.iter().map(|t| t.as_ref()).collect();
+                let params = deserialize_parameters(portal, &refs)?;
+                Some(plan.clone().replace_params_with_values(&params).map_err(error::df_to_pg)?)
+            }
+            None => None,
+        };
+        self.run(client, stmt, plan, &portal.result_column_format).await
+    }
+}

@@ -40,7 +40,7 @@ impl VisitorMut for Rewriter {
             )));
         };
         let alias_sql = match alias {
-            Some(a) => a.to_string(),
+            Some(a) => a.to_string().trim_start_matches("AS ").to_string(),
             None => name.0.last().map(|p| p.to_string()).unwrap_or_else(|| name.to_string()),
         };
         let sql = format!("SELECT * FROM (SELECT * FROM {name} WHERE {META_TIMESTAMP} <= ({at})) AS {alias_sql}");

@@ -85,6 +85,10 @@ impl KafkaTable {
         }
         let marks = self.cluster.watermarks(topic, &parts).await?;
         let from_time = match bounds.timestamp_min_ms {
+            Some(ts) if !self.cluster.supports_offsets_for_times() => {
+                notes.push(format!("_timestamp >= {ts}ms filtered (this cluster cannot look up offsets by time)"));
+                None
+            }
             Some(ts) => {
                 notes.push(format!("_timestamp >= {ts}ms via offsets_for_times"));
                 Some(self.cluster.offsets_for_time(topic, &parts, ts).await?)

@@ -19,7 +19,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
 use futures::StreamExt;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -28,7 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::codec::JsonDecoder;
 use crate::error::KfsqlError;
-use crate::kafka::Partitioner;
+use crate::kafka::{KfsqlConsumer, KfsqlContext, Partitioner};
 use crate::table::stats::TableStats;
 
 /// Messages decoded per Arrow batch.
@@ -202,9 +202,9 @@ impl Pending {
 /// Read `range` of one partition, sending decoded batches on `tx`. Returns when the range is done, the receiver is
 /// gone, or on error.
 fn read_partition(spec: &ScanSpec, range: PartitionRange, tx: &mpsc::Sender<DfResult<RecordBatch>>) -> Result<(), KfsqlError> {
-    let consumer: BaseConsumer = spec
+    let consumer: KfsqlConsumer = spec
         .consumer_config
-        .create()
+        .create_with_context(KfsqlContext)
         .map_err(|e| KfsqlError::Kafka(format!("cannot create a consumer: {e}")))?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&spec.topic, range.partition, Offset::Offset(range.start))

@@ -1,0 +1,157 @@
+//! Per-connection session statements that never reach the query engine: `SET`, `SHOW`, `RESET`, transaction
+//! control (`BEGIN`/`COMMIT`/`ROLLBACK`: kfsql is read-mostly and autocommit, so they only move the transaction
+//! status clients expect), `DISCARD`, `DEALLOCATE`. Values live in the connection's metadata, so each client sees
+//! its own settings.
+
+use std::collections::HashMap;
+
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{Expr, Set, Statement, Value};
+
+/// Server parameters reported to clients and answered by `SHOW` (Postgres names, lower case).
+pub const DEFAULTS: &[(&str, &str)] = &[
+    ("server_version", "15.0 (kfsql)"),
+    ("server_version_num", "150000"),
+    ("server_encoding", "UTF8"),
+    ("client_encoding", "UTF8"),
+    ("datestyle", "ISO, MDY"),
+    ("intervalstyle", "postgres"),
+    ("timezone", "UTC"),
+    ("integer_datetimes", "on"),
+    ("standard_conforming_strings", "on"),
+    ("transaction_isolation", "read committed"),
+    ("default_transaction_isolation", "read committed"),
+    ("transaction_read_only", "off"),
+    ("search_path", "\"$user\", public"),
+    ("max_identifier_length", "63"),
+    ("extra_float_digits", "1"),
+    ("application_name", ""),
+    ("is_superuser", "off"),
+    ("lc_collate", "C"),
+    ("lc_ctype", "C"),
+    ("statement_timeout", "0"),
+];
+
+/// What a session statement does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionCommand {
+    Set { name: String, value: String },
+    Show(String),
+    Reset(String),
+    Begin,
+    Commit,
+    Rollback,
+    /// Accepted and answered with this tag, nothing else to do (DISCARD, DEALLOCATE).
+    NoOp(&'static str),
+}
+
+const METADATA_PREFIX: &str = "kfsql.setting.";
+
+/// Recognise a session statement. `SET datafusion.*` is left to the engine.
+pub fn classify(stmt: &DFStatement) -> Option<SessionCommand> {
+    let DFStatement::Statement(s) = stmt else { return None };
+    match s.as_ref() {
+        Statement::Set(Set::SingleAssignment { variable, values, .. }) => {
+            let name = normalize(&variable.to_string());
+            if name.starts_with("datafusion.") {
+                return None;
+            }
+            let value = values.iter().map(value_text).collect::<Vec<_>>().join(", ");
+            Some(SessionCommand::Set { name, value })
+        }
+        Statement::Set(Set::SetTimeZone { value, .. }) => Some(SessionCommand::Set { name: "timezone".into(), value: value_text(value) }),
+        Statement::Set(Set::SetNames { charset_name, .. }) => Some(SessionCommand::Set { name: "client_encoding".into(), value: charset_name.to_string() }),
+        Statement::Set(Set::SetTransaction { .. }) | Statement::Set(Set::SetSessionParam(_)) | Statement::Set(Set::SetRole { .. }) => {
+            Some(SessionCommand::NoOp("SET"))
+        }
+        Statement::ShowVariable { variable } => {
+            let name = normalize(&variable.iter().map(|i| i.value.clone()).collect::<Vec<_>>().join(" "));
+            if name.starts_with("datafusion.") {
+                return None;
+            }
+            Some(SessionCommand::Show(name))
+        }
+        Statement::StartTransaction { .. } => Some(SessionCommand::Begin),
+        Statement::Commit { .. } => Some(SessionCommand::Commit),
+        Statement::Rollback { .. } => Some(SessionCommand::Rollback),
+        Statement::Discard { .. } => Some(SessionCommand::NoOp("DISCARD ALL")),
+        Statement::Deallocate { .. } => Some(SessionCommand::NoOp("DEALLOCATE")),
+        _ => None,
+    }
+}
+
+fn normalize(name: &str) -> String {
+    let n = name.trim().trim_matches('"').to_ascii_lowercase();
+    match n.as_str() {
+        "transaction isolation level" => "transaction_isolation".into(),
+        "time zone" => "timezone".into(),
+        _ => n,
+    }
+}
+
+fn value_text(e: &Expr) -> String {
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
+            other => other.to_string(),
+        },
+        Expr::Identifier(i) => i.value.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The current value of `name` for a connection: its own SET, else the startup parameter, else the default.
+pub fn show(metadata: &HashMap<String, String>, name: &str) -> Option<String> {
+    if let Some(v) = metadata.get(&format!("{METADATA_PREFIX}{name}")) {
+        return Some(v.clone());
+    }
+    if let Some(v) = metadata.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone()) {
+        return Some(v);
+    }
+    DEFAULTS.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+}
+
+pub fn set(metadata: &mut HashMap<String, String>, name: &str, value: &str) {
+    metadata.insert(format!("{METADATA_PREFIX}{name}"), value.to_string());
+}
+
+pub fn reset(metadata: &mut HashMap<String, String>, name: &str) {
+    if name == "all" {
+        metadata.retain(|k, _| !k.starts_with(METADATA_PREFIX));
+    } else {
+        metadata.remove(&format!("{METADATA_PREFIX}{name}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(sql: &str) -> Option<SessionCommand> {
+        classify(&crate::sql::parse(sql).unwrap()[0])
+    }
+
+    #[test]
+    fn recognises_client_session_statements() {
+        assert_eq!(cmd("SET extra_float_digits = 3"), Some(SessionCommand::Set { name: "extra_float_digits".into(), value: "3".into() }));
+        assert_eq!(cmd("SET application_name = 'PostgreSQL JDBC Driver'"), Some(SessionCommand::Set { name: "application_name".into(), value: "PostgreSQL JDBC Driver".into() }));
+        assert_eq!(cmd("SHOW transaction isolation level"), Some(SessionCommand::Show("transaction_isolation".into())));
+        assert_eq!(cmd("show standard_conforming_strings"), Some(SessionCommand::Show("standard_conforming_strings".into())));
+        assert_eq!(cmd("BEGIN"), Some(SessionCommand::Begin));
+        assert_eq!(cmd("COMMIT"), Some(SessionCommand::Commit));
+        assert_eq!(cmd("ROLLBACK"), Some(SessionCommand::Rollback));
+        assert_eq!(cmd("SET datafusion.execution.batch_size = 100"), None);
+        assert_eq!(cmd("SELECT 1"), None);
+    }
+
+    #[test]
+    fn set_then_show() {
+        let mut m = HashMap::new();
+        assert_eq!(show(&m, "datestyle").as_deref(), Some("ISO, MDY"));
+        set(&mut m, "datestyle", "ISO");
+        assert_eq!(show(&m, "datestyle").as_deref(), Some("ISO"));
+        reset(&mut m, "datestyle");
+        assert_eq!(show(&m, "datestyle").as_deref(), Some("ISO, MDY"));
+        assert_eq!(show(&m, "no_such_setting"), None);
+    }
+}

@@ -151,16 +151,26 @@ impl Engine {
         self.inner.definitions()
     }
 
-    /// Parse SQL text into statements (kfsql dialect; falls back to the Postgres-compatibility parser for catalog
-    /// queries only it understands).
+    /// Parse SQL text into statements. kfsql's own statements (CREATE EXTERNAL TABLE, COPY, EXPLAIN, time travel)
+    /// come from kfsql's dialect; plain Postgres statements (client catalog queries above all) go through the
+    /// Postgres-compatibility parser of datafusion-pg-catalog, which rewrites Postgres-isms DataFusion lacks.
     pub fn parse(&self, sql_text: &str) -> Result<Vec<DFStatement>> {
-        match sql::parse(sql_text) {
-            Ok(stmts) => Ok(stmts.into_iter().collect()),
-            Err(first) => match self.inner.compat.parse(sql_text) {
-                Ok(stmts) => Ok(stmts.into_iter().map(|s| DFStatement::Statement(Box::new(s))).collect()),
-                Err(_) => Err(first),
-            },
+        let ours = match sql::parse(sql_text) {
+            Ok(stmts) => stmts.into_iter().collect::<Vec<_>>(),
+            Err(first) => {
+                return match self.inner.compat.parse(sql_text) {
+                    Ok(stmts) => Ok(stmts.into_iter().map(|s| DFStatement::Statement(Box::new(s))).collect()),
+                    Err(_) => Err(first),
+                };
+            }
+        };
+        if ours.iter().all(is_plain_postgres)
+            && let Ok(compat) = self.inner.compat.parse(sql_text)
+            && compat.len() == ours.len()
+        {
+            return Ok(compat.into_iter().map(|s| DFStatement::Statement(Box::new(s))).collect());
         }
+        Ok(ours)
     }
 
     /// Run every statement of `sql_text`, collecting the rows of each.
@@ -362,6 +372,16 @@ impl EngineInner {
         }
         Ok(Output::Command { tag: "DROP TABLE".into(), rows: None })
     }
+}
+
+/// A statement with nothing kfsql-specific in it: a query or session statement without time travel.
+fn is_plain_postgres(stmt: &DFStatement) -> bool {
+    let DFStatement::Statement(s) = stmt else { return false };
+    if !matches!(s.as_ref(), SqlStatement::Query(_) | SqlStatement::ShowVariable { .. } | SqlStatement::Set(_)) {
+        return false;
+    }
+    let mut probe = s.as_ref().clone();
+    matches!(sql::time_travel::rewrite(&mut probe), Ok(false))
 }
 
 fn public(name: &str) -> TableReference {

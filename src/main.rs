@@ -53,6 +53,9 @@ struct Common {
     /// Extra librdkafka client properties, e.g. -X security.protocol=SSL (repeatable).
     #[arg(short = 'X', value_parser = parse_kv, global = true)]
     kafka_property: Vec<(String, String)>,
+    /// Load the fraud demo (topics, data, tables) into the configured brokers too.
+    #[arg(long, env = "KFSQL_DEMO", global = true)]
+    demo: bool,
     /// With the embedded Kafka: do not load the fraud demo.
     #[arg(long, env = "KFSQL_NO_DEMO", global = true)]
     no_demo: bool,
@@ -88,7 +91,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let cluster = Arc::new(cluster);
     let config = EngineConfig { catalog_topic: c.catalog_topic.clone(), query_timeout: c.query_timeout, ..Default::default() };
     let engine = Engine::start(cluster.clone(), config).await?;
-    if cluster.is_embedded() && !c.no_demo {
+    if (cluster.is_embedded() && !c.no_demo) || c.demo {
         tracing::info!("loading the fraud demo ({} transactions)…", c.demo_transactions);
         kfsql::demo::load(&engine, &cluster, c.demo_transactions, 1000).await?;
     }

@@ -77,6 +77,16 @@ pub fn bounds(filters: &[Expr], key_column: Option<&str>) -> ScanBounds {
 
 fn classify(expr: &Expr, key_column: Option<&str>) -> Option<Vec<Constraint>> {
     match expr {
+        // `k = a OR k = b` (how small IN lists arrive): the union of the two sets.
+        Expr::BinaryExpr(BinaryExpr { left, op: Operator::Or, right }) => {
+            match (classify(left, key_column)?.as_slice(), classify(right, key_column)?.as_slice()) {
+                ([Constraint::Keys(a)], [Constraint::Keys(b)]) => Some(vec![Constraint::Keys(a.union(b).cloned().collect())]),
+                ([Constraint::Partitions(a)], [Constraint::Partitions(b)]) => {
+                    Some(vec![Constraint::Partitions(a.union(b).copied().collect())])
+                }
+                _ => None,
+            }
+        }
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
             let (col, op, value) = match (column_name(left), column_name(right)) {
                 (Some(c), None) => (c, *op, literal(right)?),
@@ -208,6 +218,9 @@ mod tests {
         assert!(!b.empty);
         assert!(!is_supported(&col("_partition").not_eq(lit(2)), None));
         assert!(!is_supported(&col("amount").eq(lit(1)), Some("user_id")));
+        let either = col("user_id").eq(lit("a")).or(col("user_id").eq(lit("b")).or(col("_key").eq(lit("c"))));
+        assert_eq!(bounds(&[either], Some("user_id")).keys, Some(["a", "b", "c"].map(String::from).into()));
+        assert!(!is_supported(&col("user_id").eq(lit("a")).or(col("amount").eq(lit(1))), Some("user_id")));
     }
 
     #[test]

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The whole kfsql test suite, on a fresh machine or a warm one:
+#   1. installs what is missing (the Tansu broker via cargo, the psql client via apt),
+#   2. builds once (debug) and runs unit tests and the integration suites against the in-process mock cluster,
+#   3. starts Tansu (SQLite engine) on a free port and runs the broker suites against it,
+#   4. drives the real `kfsql` binary with psql,
+#   5. stops everything it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+log() { printf '\n==> %s\n' "$*"; }
+
+# --- 1. tools -------------------------------------------------------------------------------------------------
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v tansu >/dev/null 2>&1; then
+  log "installing tansu 0.6.0 (one-time, ~20 min on 2 cores)"
+  cargo install tansu --version 0.6.0 --locked --features libsql
+fi
+if ! command -v psql >/dev/null 2>&1; then
+  log "installing the psql client"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq postgresql-client >/dev/null
+fi
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+WORK=$(mktemp -d -t kfsql-test.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+start_tansu() { # $1 = data dir, $2 = port; prints the pid
+  mkdir -p "$1"
+  (cd "$1" && exec tansu broker --listener-url "tcp://127.0.0.1:$2" --advertised-listener-url "tcp://127.0.0.1:$2" \
+      --storage-engine sqlite://tansu.db >"$1/tansu.log" 2>&1) &
+  echo $!
+}
+wait_port() { # $1 = port
+  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+  echo "nothing listens on port $1" >&2; return 1
+}
+
+# --- 2. build once, then unit + mock-cluster suites ------------------------------------------------------------
+log "building (debug)"
+cargo build --all-targets
+log "unit tests and integration tests on the in-process mock cluster"
+cargo test --all-targets
+
+# --- 3. the broker suites against Tansu --------------------------------------------------------------------------
+TANSU_PORT=$(free_port)
+PIDS+=("$(start_tansu "$WORK/tansu" "$TANSU_PORT")")
+wait_port "$TANSU_PORT"
+log "integration tests against Tansu on 127.0.0.1:$TANSU_PORT"
+KFSQL_TEST_BROKERS="127.0.0.1:$TANSU_PORT" KFSQL_REQUIRE_BROKER=1 KFSQL_TANSU_BIN="$(command -v tansu)" \
+  cargo test --test kafka_tables --test slt --test server
+
+# --- 4. the real binary, driven by psql ---------------------------------------------------------------------------
+log "psql against the kfsql binary (embedded Kafka, demo data)"
+PG_PORT=$(free_port)
+./target/debug/kfsql serve --listen "127.0.0.1:$PG_PORT" --demo-transactions 5000 >"$WORK/kfsql.log" 2>&1 &
+PIDS+=("$!")
+wait_port "$PG_PORT"
+PSQL=(psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U kfsql -d kfsql -v ON_ERROR_STOP=1)
+check() { # $1 = description, $2 = expected substring, rest = psql args
+  local what=$1 want=$2; shift 2
+  local got
+  if ! got=$("${PSQL[@]}" "$@" 2>&1) || ! grep -qF -- "$want" <<<"$got"; then
+    echo "psql check FAILED: $what: expected '$want' in:"; echo "$got"; exit 1
+  fi
+  echo "psql check ok: $what"
+}
+check '\dt lists the Kafka tables' 'transactions' -c '\dt'
+check '\d shows columns and types' 'timestamp without time zone' -c '\d transactions'
+check '\d shows metadata columns' '_offset' -c '\d transactions'
+check 'count over pg-wire' '5000' -At -c 'SELECT count(*) FROM transactions'
+check 'EXPLAIN shows the partitions read' 'partitions=1/4' -c "EXPLAIN SELECT * FROM transactions WHERE user_id = 'u42'"
+check 'errors carry SQLSTATE' '42P01' -c '\set VERBOSITY verbose' -c 'SELECT * FROM nope' -v ON_ERROR_STOP=0
+check 'the fraud example queries run' 'misrouted' -e -f sql/fraud/queries.sql
+echo "psql: 7 passed, 0 failed"
+
+log "all tests passed"

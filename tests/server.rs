@@ -1,0 +1,158 @@
+//! The pg-wire server with a real Postgres client library (tokio-postgres): extended protocol with typed
+//! parameters and binary results, session statements, a client that vanishes mid-query, and a broker outage
+//! (with Tansu: the broker is killed and restarted under a live server).
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDateTime;
+use tokio_postgres::{Client, NoTls};
+
+async fn connect(addr: std::net::SocketAddr) -> Client {
+    let (client, conn) = tokio_postgres::connect(&format!("host={} port={} user=kfsql dbname=kfsql", addr.ip(), addr.port()), NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+async fn demo_server(transactions: usize) -> std::net::SocketAddr {
+    let cluster = common::cluster();
+    let engine = common::engine(&cluster, &common::unique("catalog")).await;
+    let t = common::unique("txns");
+    common::topic(&cluster, &t, 4).await;
+    let end = chrono::Utc::now();
+    let txns = kfsql::demo::generate(transactions, 100, Duration::from_secs(3600), end, 3);
+    kfsql::demo::produce_transactions(cluster.producer(), &t, &txns).await.expect("produce");
+    engine.query(&common::create_table_sql("tx", &t, "")).await.expect("create");
+    let (addr, _task) = kfsql::server::start(engine, "127.0.0.1:0").await.expect("server");
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_with_parameters_and_binary_results() {
+    let addr = demo_server(2000).await;
+    let client = connect(addr).await;
+    // tokio-postgres prepares (Parse/Describe) and binds typed parameters, and reads results in binary.
+    let stmt = client.prepare("SELECT txn_id, amount, event_time, _partition, _offset FROM tx WHERE user_id = $1 ORDER BY _offset").await.expect("prepare");
+    let all = client.query("SELECT count(*) FROM tx WHERE user_id = 'u5'", &[]).await.expect("count");
+    let expected: i64 = all[0].get(0);
+    for _ in 0..3 {
+        let rows = client.query(&stmt, &[&"u5"]).await.expect("execute");
+        assert_eq!(rows.len() as i64, expected);
+        for r in &rows {
+            let _id: &str = r.get(0);
+            let amount: Option<f64> = r.get(1);
+            assert!(amount.is_some());
+            let _t: NaiveDateTime = r.get(2);
+            let _p: i32 = r.get(3);
+            let _o: i64 = r.get(4);
+        }
+    }
+    let n: i64 = client.query_one("SELECT count(*) FROM tx WHERE _offset < $1", &[&10i64]).await.expect("int param").get(0);
+    assert!(n > 0 && n <= 40, "{n}");
+    // session statements clients send
+    client.batch_execute("SET application_name = 'kfsql-test'; SET extra_float_digits = 3; BEGIN; COMMIT").await.expect("session");
+    let v = client.simple_query("SHOW application_name").await.expect("show");
+    let row = v.iter().find_map(|m| if let tokio_postgres::SimpleQueryMessage::Row(r) = m { Some(r.get(0).map(String::from)) } else { None });
+    assert_eq!(row.flatten().as_deref(), Some("kfsql-test"));
+    // an error leaves the connection usable
+    let err = client.query("SELECT * FROM missing_table", &[]).await.expect_err("missing");
+    assert_eq!(err.code().map(|c| c.code()), Some("42P01"));
+    let one: i64 = client.query_one("SELECT 1::bigint", &[]).await.expect("after error").get(0);
+    assert_eq!(one, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_vanishing_mid_query_does_not_hurt_the_server() {
+    let addr = demo_server(20_000).await;
+    for _ in 0..3 {
+        let client = connect(addr).await;
+        let q = tokio::spawn(async move { client.query("SELECT * FROM tx a CROSS JOIN tx b LIMIT 100000000", &[]).await.map(|r| r.len()) });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        q.abort(); // drops the client: the socket closes mid-query
+    }
+    let client = connect(addr).await;
+    let n: i64 = client.query_one("SELECT count(*) FROM tx", &[]).await.expect("still serving").get(0);
+    assert_eq!(n, 20_000);
+}
+
+struct Tansu {
+    child: Child,
+}
+
+impl Tansu {
+    fn start(bin: &str, dir: &std::path::Path, port: u16) -> Tansu {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "tansu did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Tansu { child }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Needs the Tansu binary (KFSQL_TANSU_BIN, set by scripts/test.sh); without it there is no broker to take down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_gives_errors_within_the_timeout_and_the_server_recovers() {
+    let Ok(bin) = std::env::var("KFSQL_TANSU_BIN") else {
+        assert!(std::env::var("KFSQL_REQUIRE_BROKER").is_err(), "KFSQL_REQUIRE_BROKER is set but KFSQL_TANSU_BIN is not");
+        eprintln!("skipped: set KFSQL_TANSU_BIN to run the broker outage test");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let broker = Tansu::start(&bin, dir.path(), port);
+    let cluster = std::sync::Arc::new(kfsql::kafka::KafkaCluster::connect(&format!("127.0.0.1:{port}"), Duration::from_secs(2), vec![]).expect("client"));
+    common::topic(&cluster, "outage", 2).await;
+    let msgs = (0..100).map(|i| common::Msg::new(&format!("k{i}"), &format!(r#"{{"k":"k{i}","v":{i}}}"#))).collect();
+    common::produce(cluster.producer(), "outage", msgs).await;
+    let config = kfsql::EngineConfig { catalog_topic: "_catalog".into(), query_timeout: Duration::from_secs(5), ..Default::default() };
+    let engine = kfsql::Engine::start(cluster.clone(), config).await.expect("engine");
+    engine.query("CREATE EXTERNAL TABLE o (k VARCHAR NOT NULL, v BIGINT) STORED AS KAFKA LOCATION 'outage' OPTIONS ('key' 'k')").await.expect("create");
+    let (addr, _task) = kfsql::server::start(engine, "127.0.0.1:0").await.expect("server");
+    let client = connect(addr).await;
+    let n: i64 = client.query_one("SELECT count(*) FROM o", &[]).await.expect("before").get(0);
+    assert_eq!(n, 100);
+
+    drop(broker);
+    let start = Instant::now();
+    let err = client.query_one("SELECT count(*) FROM o", &[]).await.expect_err("broker is down");
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(9), "error after {took:?}, past the 5 s query timeout");
+    let code = err.code().map(|c| c.code().to_string()).unwrap_or_default();
+    assert!(code == "08006" || code == "57014", "{err:?}");
+    // the server keeps serving what does not need the broker
+    let one: i64 = client.query_one("SELECT 1::bigint", &[]).await.expect("still serving").get(0);
+    assert_eq!(one, 1);
+
+    let _broker = Tansu::start(&bin, dir.path(), port);
+    let start = Instant::now();
+    loop {
+        match client.query_one("SELECT count(*) FROM o", &[]).await {
+            Ok(r) => {
+                assert_eq!(r.get::<_, i64>(0), 100, "the data survived the restart");
+                break;
+            }
+            Err(e) => assert!(start.elapsed() < Duration::from_secs(30), "no recovery: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

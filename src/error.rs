@@ -71,6 +71,10 @@ impl KfsqlError {
                 }
                 KfsqlError::DataFusion(e)
             }
+            DataFusionError::Plan(msg) => match missing_table_name(msg) {
+                Some(name) => KfsqlError::UndefinedTable(format!("relation \"{name}\" does not exist")),
+                None => KfsqlError::DataFusion(e),
+            },
             _ => KfsqlError::DataFusion(e),
         }
     }
@@ -107,6 +111,13 @@ fn datafusion_sqlstate(e: &DataFusionError) -> &'static str {
         DataFusionError::ArrowError(_, _) => "22000",
         _ => "XX000",
     }
+}
+
+/// The table name in DataFusion's "table 'catalog.schema.name' not found".
+fn missing_table_name(msg: &str) -> Option<&str> {
+    let rest = msg.strip_prefix("table '")?;
+    let qualified = rest.strip_suffix("' not found")?;
+    qualified.rsplit('.').next()
 }
 
 fn is_missing_table(msg: &str) -> bool {

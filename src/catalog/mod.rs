@@ -126,7 +126,7 @@ impl CatalogStore {
                                 return;
                             }
                         }
-                        Some(Err(e)) => tracing::warn!("catalog follower: {e}"),
+                        Some(Err(e)) => tracing::debug!("catalog follower: {e}"),
                     }
                 }
             })

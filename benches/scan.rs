@@ -1,0 +1,127 @@
+//! Scan throughput: kfsql's `SELECT count(*), avg(amount)` over a topic vs. a raw rdkafka consume of the same topic
+//! (one consumer thread per partition, messages counted, nothing decoded), measured in the same run, with the ratio.
+//!
+//!     scripts/bench-scan.sh                      # embedded mock cluster, 1M messages
+//!     KFSQL_BENCH_BROKERS=127.0.0.1:9092 KFSQL_BENCH_MESSAGES=2000000 cargo bench --bench scan
+//!
+//! The topic (`bench_scan_<n>`, 4 partitions) is loaded once per broker and reused.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::TryStreamExt;
+use kfsql::kafka::{KafkaCluster, KfsqlConsumer, KfsqlContext};
+use kfsql::{Engine, EngineConfig, Output};
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+const PARTITIONS: i32 = 4;
+const ROUNDS: usize = 3;
+
+fn raw_consume(cluster: &KafkaCluster, topic: &str, highs: &[i64]) -> (u64, Duration) {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..PARTITIONS)
+        .map(|p| {
+            let config = cluster.consumer_config();
+            let topic = topic.to_string();
+            let end = highs[p as usize];
+            std::thread::spawn(move || {
+                let consumer: KfsqlConsumer = config.create_with_context(KfsqlContext).expect("consumer");
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition_offset(&topic, p, Offset::Beginning).expect("tpl");
+                consumer.assign(&tpl).expect("assign");
+                let (mut n, mut bytes) = (0u64, 0u64);
+                loop {
+                    match consumer.poll(Duration::from_millis(100)) {
+                        Some(Ok(m)) => {
+                            n += 1;
+                            bytes += m.payload().map_or(0, |p| p.len() as u64);
+                            if m.offset() + 1 >= end {
+                                break;
+                            }
+                        }
+                        Some(Err(KafkaError::PartitionEOF(_))) => break,
+                        Some(Err(e)) => panic!("{e}"),
+                        None => {}
+                    }
+                }
+                std::hint::black_box(bytes);
+                n
+            })
+        })
+        .collect();
+    let n = handles.into_iter().map(|h| h.join().expect("thread")).sum();
+    (n, start.elapsed())
+}
+
+async fn kfsql_scan(engine: &Engine) -> (u64, Duration) {
+    let start = Instant::now();
+    let stmt = engine.parse("SELECT count(*), avg(amount) FROM bench").expect("parse").remove(0);
+    let Output::Rows(stream) = engine.execute(stmt).await.expect("query") else { panic!("rows expected") };
+    let batches: Vec<_> = stream.try_collect().await.expect("rows");
+    let n = batches[0].column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().expect("count").value(0);
+    (n as u64, start.elapsed())
+}
+
+fn main() {
+    let messages: usize = std::env::var("KFSQL_BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    rt.block_on(async move {
+        let timeout = Duration::from_secs(30);
+        let cluster = Arc::new(match std::env::var("KFSQL_BENCH_BROKERS") {
+            Ok(b) => KafkaCluster::connect(&b, timeout, vec![]).expect("connect"),
+            Err(_) => KafkaCluster::embedded(1, timeout).expect("embedded"),
+        });
+        let topic = format!("bench_scan_{messages}");
+        cluster.create_topic(&topic, PARTITIONS, &[]).await.expect("topic");
+        while cluster.partition_count(&topic).await.ok() != Some(PARTITIONS) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let parts: Vec<i32> = (0..PARTITIONS).collect();
+        let have: i64 = cluster.watermarks(&topic, &parts).await.expect("marks").iter().map(|w| w.high - w.low).sum();
+        if (have as usize) < messages {
+            eprintln!("loading {messages} messages into {topic} …");
+            let t0 = Instant::now();
+            let mut done = 0;
+            while done < messages {
+                let chunk = (messages - done).min(100_000);
+                let txns = kfsql::demo::generate(chunk, 100_000, Duration::from_secs(86_400), Utc::now(), done as u64);
+                kfsql::demo::produce_transactions(cluster.producer(), &topic, &txns).await.expect("produce");
+                done += chunk;
+            }
+            eprintln!("loaded in {:.1}s", t0.elapsed().as_secs_f64());
+        }
+        let highs: Vec<i64> = cluster.watermarks(&topic, &parts).await.expect("marks").iter().map(|w| w.high).collect();
+        let total: i64 = highs.iter().sum();
+        let config = EngineConfig { catalog_topic: format!("_bench_catalog_{}", std::process::id()), query_timeout: Duration::from_secs(600), ..Default::default() };
+        let engine = Engine::start(cluster.clone(), config).await.expect("engine");
+        engine
+            .query(&format!(
+                "CREATE EXTERNAL TABLE bench (txn_id VARCHAR NOT NULL, user_id VARCHAR NOT NULL, amount DOUBLE, merchant VARCHAR, \
+                 country VARCHAR, event_time TIMESTAMP NOT NULL) STORED AS KAFKA LOCATION '{topic}' OPTIONS ('key' 'user_id')"
+            ))
+            .await
+            .expect("create");
+        let (mut best_raw, mut best_sql) = (Duration::MAX, Duration::MAX);
+        for round in 1..=ROUNDS {
+            let c = cluster.clone();
+            let (t, h) = (topic.clone(), highs.clone());
+            let (n_raw, d_raw) = tokio::task::spawn_blocking(move || raw_consume(&c, &t, &h)).await.expect("raw");
+            let (n_sql, d_sql) = kfsql_scan(&engine).await;
+            assert_eq!(n_raw as i64, total, "raw consume saw every message");
+            assert_eq!(n_sql as i64, total, "kfsql counted every message");
+            eprintln!("round {round}: raw {:.0} msg/s, kfsql {:.0} rows/s", n_raw as f64 / d_raw.as_secs_f64(), n_sql as f64 / d_sql.as_secs_f64());
+            best_raw = best_raw.min(d_raw);
+            best_sql = best_sql.min(d_sql);
+        }
+        let raw = total as f64 / best_raw.as_secs_f64();
+        let sql = total as f64 / best_sql.as_secs_f64();
+        println!("scan of {total} messages in {PARTITIONS} partitions ({}), best of {ROUNDS}:", if cluster.is_embedded() { "embedded mock cluster" } else { cluster.bootstrap_servers() });
+        println!("  raw rdkafka consume            {raw:>12.0} msg/s  ({:.3}s)", best_raw.as_secs_f64());
+        println!("  kfsql count(*), avg(amount)    {sql:>12.0} rows/s ({:.3}s)", best_sql.as_secs_f64());
+        println!("  ratio kfsql / raw              {:>12.2}", sql / raw);
+    });
+}

@@ -103,7 +103,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 }
                 println!("{tag}");
             }
-            Ok(())
+            // Exit without tearing down the Kafka clients one by one (the embedded cluster would log every
+            // disconnect on the way out).
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            std::process::exit(0)
         }
         Command::Serve { listen } => {
             let (addr, task) = kfsql::server::start(engine, &listen).await?;
@@ -112,7 +116,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             eprintln!("  Kafka bootstrap: {}{}", cluster.bootstrap_servers(), if cluster.is_embedded() { " (embedded; produce here with any Kafka client)" } else { "" });
             tokio::select! {
                 r = task => { r??; }
-                _ = tokio::signal::ctrl_c() => { eprintln!("kfsql: shutting down"); }
+                _ = tokio::signal::ctrl_c() => {
+                    eprintln!("kfsql: shutting down");
+                    std::process::exit(0)
+                }
             }
             Ok(())
         }

@@ -156,3 +156,58 @@ async fn broker_outage_gives_errors_within_the_timeout_and_the_server_recovers()
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_types_in_binary_and_text() {
+    let addr = demo_server(10).await;
+    let client = connect(addr).await;
+    // binary (tokio-postgres' extended protocol reads results in binary)
+    let r = client
+        .query_one(
+            "SELECT 1::smallint, 2::int, 3::bigint, 1.5::real, 2.25::double precision, 'x'::varchar, true, \
+             DATE '2026-01-02', TIMESTAMP '2026-11-20 12:00:00.5', E'\\\\x0102'::bytea",
+            &[],
+        )
+        .await
+        .expect("binary row");
+    assert_eq!(r.get::<_, i16>(0), 1);
+    assert_eq!(r.get::<_, i32>(1), 2);
+    assert_eq!(r.get::<_, i64>(2), 3);
+    assert_eq!(r.get::<_, f32>(3), 1.5);
+    assert_eq!(r.get::<_, f64>(4), 2.25);
+    assert_eq!(r.get::<_, &str>(5), "x");
+    assert!(r.get::<_, bool>(6));
+    assert_eq!(r.get::<_, chrono::NaiveDate>(7), chrono::NaiveDate::from_ymd_opt(2026, 1, 2).expect("date"));
+    assert_eq!(r.get::<_, NaiveDateTime>(8).to_string(), "2026-11-20 12:00:00.500");
+    let tz: chrono::DateTime<chrono::Utc> = client
+        .query_one("SELECT arrow_cast(TIMESTAMP '2026-11-20 11:00:00', 'Timestamp(ns, \"+00:00\")')", &[]).await.expect("tz").get(0);
+    assert_eq!(tz.to_rfc3339(), "2026-11-20T11:00:00+00:00");
+    // text (simple protocol), including the types without a convenient binary reader here
+    let msgs = client
+        .simple_query("SELECT 12.34::numeric(10,2), INTERVAL '1 hour 30 minutes', true, 2.5::double precision, NULL::int")
+        .await
+        .expect("text row");
+    let row = msgs.iter().find_map(|m| if let tokio_postgres::SimpleQueryMessage::Row(r) = m { Some(r) } else { None }).expect("row");
+    assert_eq!(row.get(0), Some("12.34"));
+    assert_eq!(row.get(1), Some("01:30:00"));
+    assert_eq!(row.get(2), Some("t"));
+    assert_eq!(row.get(3), Some("2.5"));
+    assert_eq!(row.get(4), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_past_the_timeout_are_cancelled_with_57014() {
+    let cluster = common::cluster();
+    let t = common::unique("slow");
+    common::topic(&cluster, &t, 1).await;
+    let txns = kfsql::demo::generate(3000, 10, Duration::from_secs(60), chrono::Utc::now(), 1);
+    kfsql::demo::produce_transactions(cluster.producer(), &t, &txns).await.expect("produce");
+    let config = kfsql::EngineConfig { catalog_topic: common::unique("catalog"), query_timeout: Duration::from_secs(1), ..Default::default() };
+    let engine = kfsql::Engine::start(cluster, config).await.expect("engine");
+    engine.query(&common::create_table_sql("tx", &t, "")).await.expect("create");
+    let start = Instant::now();
+    let err = engine.query("SELECT count(*) FROM tx a, tx b, tx c WHERE a.amount + b.amount + c.amount < 0").await.expect_err("too slow");
+    assert_eq!(err.sqlstate(), "57014", "{err}");
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    assert_eq!(common::scalar(&engine, "SELECT count(*) FROM tx").await, "3000");
+}

@@ -126,7 +126,8 @@ impl KafkaCluster {
         self.timeout
     }
 
-    /// Client settings for a new consumer of this cluster (no group: kfsql assigns partitions itself).
+    /// Client settings for a new consumer of this cluster. kfsql assigns partitions itself and never commits;
+    /// librdkafka still wants a `group.id` for `assign`.
     pub fn consumer_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap)

@@ -65,18 +65,69 @@ async fn extended_protocol_with_parameters_and_binary_results() {
     assert_eq!(one, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_vanishing_mid_query_does_not_hurt_the_server() {
-    let addr = demo_server(20_000).await;
-    for _ in 0..3 {
-        let client = connect(addr).await;
-        let q = tokio::spawn(async move { client.query("SELECT * FROM tx a CROSS JOIN tx b LIMIT 100000000", &[]).await.map(|r| r.len()) });
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        q.abort(); // drops the client: the socket closes mid-query
+/// Send a simple query over a raw socket, read until the first data row, then vanish.
+async fn query_and_vanish(addr: std::net::SocketAddr, sql: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&196608i32.to_be_bytes());
+    for kv in ["user", "kfsql", "database", "kfsql"] {
+        startup.extend_from_slice(kv.as_bytes());
+        startup.push(0);
     }
+    startup.push(0);
+    let mut msg = ((startup.len() + 4) as i32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&startup);
+    sock.write_all(&msg).await.expect("startup");
+    // wait for ReadyForQuery ('Z')
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains(&b'Z') {
+        let n = sock.read(&mut buf).await.expect("read");
+        assert!(n > 0, "server closed during startup");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let mut q = vec![b'Q'];
+    q.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
+    q.extend_from_slice(sql.as_bytes());
+    q.push(0);
+    sock.write_all(&q).await.expect("query");
+    // read until a DataRow ('D') shows up, then drop the socket without reading the rest
+    let mut got = Vec::new();
+    while !got.contains(&b'D') {
+        let n = sock.read(&mut buf).await.expect("read");
+        assert!(n > 0, "server closed before rows");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+async fn messages_read(c: &Client) -> i64 {
+    let v: String = c.query_one("SELECT CAST(messages AS VARCHAR) FROM kfsql.table_stats WHERE table_name = 'tx'", &[]).await.expect("stats").get(0);
+    v.parse().expect("number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_vanishing_mid_query_leaves_the_server_serving() {
+    let cluster = common::cluster();
+    let engine = common::engine(&cluster, &common::unique("catalog")).await;
+    let t = common::unique("big");
+    common::topic(&cluster, &t, 1).await;
+    let total = 200_000;
+    let txns = kfsql::demo::generate(total, 1000, Duration::from_secs(3600), chrono::Utc::now(), 5);
+    kfsql::demo::produce_transactions(cluster.producer(), &t, &txns).await.expect("produce");
+    engine.query(&common::create_table_sql("tx", &t, "")).await.expect("create");
+    let (addr, _task) = kfsql::server::start(engine, "127.0.0.1:0").await.expect("server");
+    query_and_vanish(addr, "SELECT * FROM tx").await;
     let client = connect(addr).await;
+    // The abandoned query ends (today: once its rows are drained, see the spine issue's note) and stays ended.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let first = messages_read(&client).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let second = messages_read(&client).await;
+    assert_eq!(first, second, "the abandoned scan is still reading");
+    // the server still serves
     let n: i64 = client.query_one("SELECT count(*) FROM tx", &[]).await.expect("still serving").get(0);
-    assert_eq!(n, 20_000);
+    assert_eq!(n, total as i64);
 }
 
 struct Tansu {

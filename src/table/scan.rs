@@ -215,44 +215,41 @@ fn read_partition(spec: &ScanSpec, range: PartitionRange, tx: &mpsc::Sender<DfRe
     let mut emitted = 0usize;
     let mut next = range.start;
     let mut last_progress = Instant::now();
-    let (mut messages, mut bytes, mut tombstones, mut misrouted) = (0u64, 0u64, 0u64, 0u64);
-    let result = loop {
-        if next >= range.end || spec.limit.is_some_and(|l| emitted >= l) {
-            break Ok(());
-        }
-        if tx.is_closed() {
-            break Ok(());
+    let stats = &spec.stats;
+    loop {
+        if next >= range.end || spec.limit.is_some_and(|l| emitted >= l) || tx.is_closed() {
+            break;
         }
         match consumer.poll(Duration::from_millis(100)) {
             None => {
                 if last_progress.elapsed() > spec.stall_timeout {
-                    break Err(KfsqlError::Kafka(format!(
+                    return Err(KfsqlError::Kafka(format!(
                         "no data from {}[{}] for {:?} while reading offsets {}..{} (at {next}); is the broker up?",
                         spec.topic, range.partition, spec.stall_timeout, range.start, range.end
                     )));
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => break Ok(()),
-            Some(Err(e)) => break Err(KfsqlError::Kafka(format!("reading {}[{}]: {e}", spec.topic, range.partition))),
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => return Err(KfsqlError::Kafka(format!("reading {}[{}]: {e}", spec.topic, range.partition))),
             Some(Ok(m)) => {
                 last_progress = Instant::now();
                 let offset = m.offset();
                 if offset >= range.end {
-                    break Ok(());
+                    break;
                 }
                 next = offset + 1;
-                messages += 1;
+                stats.add(&stats.messages, 1);
                 let key = m.key();
                 if let Some(k) = key
                     && spec.partitioner.partition_for(k, spec.partition_count).is_some_and(|p| p != range.partition)
                 {
-                    misrouted += 1;
+                    stats.add(&stats.misrouted, 1);
                 }
                 let Some(payload) = m.payload() else {
-                    tombstones += 1;
+                    stats.add(&stats.tombstones, 1);
                     continue;
                 };
-                bytes += payload.len() as u64;
+                stats.add(&stats.bytes, payload.len() as u64);
                 pending.payload.extend_from_slice(payload);
                 pending.ends.push(pending.payload.len());
                 pending.offsets.push(offset);
@@ -265,19 +262,13 @@ fn read_partition(spec: &ScanSpec, range: PartitionRange, tx: &mpsc::Sender<DfRe
                     let batch = decode(spec, range.partition, std::mem::replace(&mut pending, Pending::new()))?;
                     emitted += batch.num_rows();
                     if tx.blocking_send(Ok(batch)).is_err() {
-                        break Ok(());
+                        return Ok(());
                     }
                 }
             }
         }
-    };
-    let stats = &spec.stats;
-    stats.add(&stats.messages, messages);
-    stats.add(&stats.bytes, bytes);
-    stats.add(&stats.tombstones, tombstones);
-    stats.add(&stats.misrouted, misrouted);
-    result?;
-    if pending.len() > 0 {
+    }
+    if pending.len() > 0 && !tx.is_closed() {
         let batch = decode(spec, range.partition, pending)?;
         let _ = tx.blocking_send(Ok(batch));
     }

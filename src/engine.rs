@@ -201,26 +201,26 @@ impl Engine {
 
     /// Run one statement under the query timeout.
     pub async fn execute(&self, stmt: DFStatement) -> Result<Output> {
-        let timeout = self.inner.config.query_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let out = tokio::time::timeout_at(deadline, self.inner.execute(stmt))
-            .await
-            .map_err(|_| KfsqlError::Timeout(timeout))??;
-        Ok(match out {
-            Output::Rows(stream) => Output::Rows(Box::pin(DeadlineStream { inner: stream, sleep: Box::pin(tokio::time::sleep_until(deadline)), timeout, done: false })),
-            other => other,
-        })
+        self.with_deadline(self.inner.execute(stmt)).await
     }
 
     /// Run an already-planned statement (extended protocol: plan once at Parse, execute at Execute).
     pub async fn execute_plan(&self, plan: LogicalPlan) -> Result<Output> {
+        self.with_deadline(self.inner.run_plan(plan)).await
+    }
+
+    /// Bound a statement by the query timeout: its planning and start here, its rows through [`DeadlineStream`].
+    async fn with_deadline(&self, run: impl std::future::Future<Output = Result<Output>>) -> Result<Output> {
         let timeout = self.inner.config.query_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let out = tokio::time::timeout_at(deadline, self.inner.run_plan(plan))
-            .await
-            .map_err(|_| KfsqlError::Timeout(timeout))??;
+        let out = tokio::time::timeout_at(deadline, run).await.map_err(|_| KfsqlError::Timeout(timeout))??;
         Ok(match out {
-            Output::Rows(stream) => Output::Rows(Box::pin(DeadlineStream { inner: stream, sleep: Box::pin(tokio::time::sleep_until(deadline)), timeout, done: false })),
+            Output::Rows(stream) => Output::Rows(Box::pin(DeadlineStream {
+                inner: stream,
+                sleep: Box::pin(tokio::time::sleep_until(deadline)),
+                timeout,
+                done: false,
+            })),
             other => other,
         })
     }

@@ -150,35 +150,36 @@ impl KafkaCluster {
         &self.producer
     }
 
+    /// Run a blocking call on the metadata client off the async runtime; broker errors become clear messages.
+    async fn on_metadata_client<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&KfsqlConsumer, Duration) -> std::result::Result<T, KafkaError> + Send + 'static,
+    ) -> Result<T> {
+        let (md, timeout, bootstrap) = (self.metadata.clone(), self.timeout, self.bootstrap.clone());
+        blocking(move || f(&md, timeout).map_err(|e| unreachable_err(&bootstrap, timeout, e))).await
+    }
+
     /// Number of partitions of `topic`; a clear error when the topic does not exist or brokers are unreachable.
     pub async fn partition_count(&self, topic: &str) -> Result<i32> {
-        let md = self.metadata.clone();
-        let timeout = self.timeout;
-        let topic_owned = topic.to_string();
-        let bootstrap = self.bootstrap.clone();
-        blocking(move || {
-            let meta = md
-                .fetch_metadata(Some(&topic_owned), timeout)
-                .map_err(|e| unreachable_err(&bootstrap, timeout, e))?;
-            let t = meta
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic_owned)
-                .ok_or_else(|| KfsqlError::InvalidParameter(format!("Kafka topic '{topic_owned}' does not exist")))?;
-            if let Some(err) = t.error() {
-                let code = RDKafkaErrorCode::from(err);
-                return Err(if code == RDKafkaErrorCode::UnknownTopicOrPartition || code == RDKafkaErrorCode::UnknownTopic {
-                    KfsqlError::InvalidParameter(format!("Kafka topic '{topic_owned}' does not exist (create it first)"))
-                } else {
-                    KfsqlError::Kafka(format!("metadata for topic '{topic_owned}': {code}"))
-                });
-            }
-            if t.partitions().is_empty() {
-                return Err(KfsqlError::InvalidParameter(format!("Kafka topic '{topic_owned}' does not exist (no partitions)")));
-            }
-            Ok(t.partitions().len() as i32)
-        })
-        .await
+        let name = topic.to_string();
+        let meta = self.on_metadata_client(move |md, timeout| md.fetch_metadata(Some(&name), timeout)).await?;
+        let t = meta
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .ok_or_else(|| KfsqlError::InvalidParameter(format!("Kafka topic '{topic}' does not exist")))?;
+        if let Some(err) = t.error() {
+            let code = RDKafkaErrorCode::from(err);
+            return Err(if code == RDKafkaErrorCode::UnknownTopicOrPartition || code == RDKafkaErrorCode::UnknownTopic {
+                KfsqlError::InvalidParameter(format!("Kafka topic '{topic}' does not exist (create it first)"))
+            } else {
+                KfsqlError::Kafka(format!("metadata for topic '{topic}': {code}"))
+            });
+        }
+        if t.partitions().is_empty() {
+            return Err(KfsqlError::InvalidParameter(format!("Kafka topic '{topic}' does not exist (no partitions)")));
+        }
+        Ok(t.partitions().len() as i32)
     }
 
     /// Whether `topic` exists.
@@ -192,20 +193,9 @@ impl KafkaCluster {
 
     /// Watermarks of each listed partition, in order.
     pub async fn watermarks(&self, topic: &str, partitions: &[i32]) -> Result<Vec<Watermarks>> {
-        let md = self.metadata.clone();
-        let timeout = self.timeout;
-        let topic = topic.to_string();
-        let partitions = partitions.to_vec();
-        let bootstrap = self.bootstrap.clone();
-        blocking(move || {
-            partitions
-                .iter()
-                .map(|&p| {
-                    md.fetch_watermarks(&topic, p, timeout)
-                        .map(|(low, high)| Watermarks { low, high })
-                        .map_err(|e| unreachable_err(&bootstrap, timeout, e))
-                })
-                .collect()
+        let (topic, partitions) = (topic.to_string(), partitions.to_vec());
+        self.on_metadata_client(move |md, timeout| {
+            partitions.iter().map(|&p| md.fetch_watermarks(&topic, p, timeout).map(|(low, high)| Watermarks { low, high })).collect()
         })
         .await
     }
@@ -213,18 +203,13 @@ impl KafkaCluster {
     /// For each partition, the earliest offset whose timestamp is >= `timestamp_ms`, or None when there is none.
     /// The broker's answer is not trusted blindly: callers clamp it to the partition's watermarks.
     pub async fn offsets_for_time(&self, topic: &str, partitions: &[i32], timestamp_ms: i64) -> Result<Vec<Option<i64>>> {
-        let md = self.metadata.clone();
-        let timeout = self.timeout;
-        let topic = topic.to_string();
-        let partitions = partitions.to_vec();
-        let bootstrap = self.bootstrap.clone();
-        blocking(move || {
+        let (topic, partitions) = (topic.to_string(), partitions.to_vec());
+        self.on_metadata_client(move |md, timeout| {
             let mut tpl = TopicPartitionList::new();
             for &p in &partitions {
-                tpl.add_partition_offset(&topic, p, Offset::Offset(timestamp_ms))
-                    .map_err(|e| KfsqlError::Kafka(e.to_string()))?;
+                tpl.add_partition_offset(&topic, p, Offset::Offset(timestamp_ms))?;
             }
-            let answer = md.offsets_for_times(tpl, timeout).map_err(|e| unreachable_err(&bootstrap, timeout, e))?;
+            let answer = md.offsets_for_times(tpl, timeout)?;
             Ok(partitions
                 .iter()
                 .map(|&p| match answer.find_partition(&topic, p).map(|e| e.offset()) {

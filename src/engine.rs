@@ -89,10 +89,12 @@ impl Engine {
             .with_config(session_config)
             .with_default_features()
             .with_table_factory("KAFKA".into(), factory.clone())
+            .with_query_planner(Arc::new(crate::asof::AsofQueryPlanner))
             .build();
         let ctx = SessionContext::new_with_state(state);
         datafusion_pg_catalog::setup_pg_catalog(&ctx, &config.database, EmptyContextProvider)
             .map_err(|e| KfsqlError::Internal(format!("setting up pg_catalog: {e}")))?;
+        ctx.register_relation_planner(Arc::new(crate::asof::AsofRelationPlanner))?;
         let catalog = CatalogStore::new(cluster, &config.catalog_topic);
         let inner = Arc::new_cyclic(|weak| {
             let db = ctx.catalog(&config.database);
@@ -269,6 +271,7 @@ impl EngineInner {
         Ok(match stmt {
             DFStatement::Statement(mut s) => {
                 sql::time_travel::rewrite(&mut s)?;
+                crate::asof::rewrite(&mut s);
                 DFStatement::Statement(Box::new(self.compat.rewrite(*s)))
             }
             DFStatement::Explain(mut e) => {

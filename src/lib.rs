@@ -5,6 +5,7 @@
 //! [`catalog`] persists table definitions in a compacted topic; [`system`] exposes the `kfsql.*` tables; [`demo`]
 //! loads the fraud example into the embedded cluster.
 
+pub mod asof;
 pub mod catalog;
 pub mod codec;
 pub mod demo;

@@ -1,0 +1,318 @@
+//! `AsofJoinExec`: the physical ASOF join. The right side is read once into memory (accounted in DataFusion's memory
+//! pool: too large a right side is a resources-exhausted error, not an OOM kill) and indexed by key, each key's rows
+//! sorted by (time, offset, partition); every left batch then streams through with one binary search per row.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{cast, concat_batches, take};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties, collect};
+use futures::TryStreamExt;
+use tokio::sync::OnceCell;
+
+use super::node::AsofOp;
+
+/// The ASOF join operator.
+#[derive(Debug)]
+pub struct AsofJoinExec {
+    left: Arc<dyn ExecutionPlan>,
+    right: Arc<dyn ExecutionPlan>,
+    left_keys: Vec<Arc<dyn PhysicalExpr>>,
+    right_keys: Vec<Arc<dyn PhysicalExpr>>,
+    left_time: Arc<dyn PhysicalExpr>,
+    right_time: Arc<dyn PhysicalExpr>,
+    op: AsofOp,
+    ttl_nanos: Option<i64>,
+    /// Columns of the right side breaking ties between equal times: `_offset`, then `_partition`.
+    tie: [Option<usize>; 2],
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+    index: Arc<OnceCell<Arc<RightIndex>>>,
+}
+
+/// The right side, indexed by key.
+#[derive(Debug)]
+struct RightIndex {
+    batch: RecordBatch,
+    /// Per key: (time, row) sorted by time then tie-breakers.
+    groups: HashMap<Box<[u8]>, Vec<(i64, u32)>>,
+    converter: RowConverter,
+    key_types: Vec<DataType>,
+    /// The memory pool's account of this index; released with it.
+    _reservation: MemoryReservation,
+}
+
+impl AsofJoinExec {
+    #[allow(clippy::too_many_arguments)]
+    pub fn try_new(
+        left: Arc<dyn ExecutionPlan>,
+        right: Arc<dyn ExecutionPlan>,
+        left_keys: Vec<Arc<dyn PhysicalExpr>>,
+        right_keys: Vec<Arc<dyn PhysicalExpr>>,
+        left_time: Arc<dyn PhysicalExpr>,
+        right_time: Arc<dyn PhysicalExpr>,
+        op: AsofOp,
+        ttl_nanos: Option<i64>,
+        tie: [Option<usize>; 2],
+        schema: SchemaRef,
+    ) -> Result<Self> {
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            left.output_partitioning().clone(),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(Self {
+            left,
+            right,
+            left_keys,
+            right_keys,
+            left_time,
+            right_time,
+            op,
+            ttl_nanos,
+            tie,
+            schema,
+            properties: Arc::new(properties),
+            index: Arc::new(OnceCell::new()),
+        })
+    }
+}
+
+impl DisplayAs for AsofJoinExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let keys: Vec<String> = self.left_keys.iter().zip(&self.right_keys).map(|(l, r)| format!("{l} = {r}")).collect();
+        write!(f, "AsofJoinExec: match=[{} {} {}], on=[{}]", self.left_time, self.op.symbol(), self.right_time, keys.join(", "))?;
+        if let Some(t) = self.ttl_nanos {
+            write!(f, ", ttl={:?}", std::time::Duration::from_nanos(t.max(0) as u64))?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for AsofJoinExec {
+    fn name(&self) -> &str {
+        "AsofJoinExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.left, &self.right]
+    }
+
+    fn apply_expressions(&self, f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>) -> Result<TreeNodeRecursion> {
+        for e in self.left_keys.iter().chain(&self.right_keys).chain([&self.left_time, &self.right_time]) {
+            if f(e)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        let (Some(right), Some(left)) = (children.pop(), children.pop()) else {
+            return Err(DataFusionError::Internal("AsofJoinExec has two children".into()));
+        };
+        Ok(Arc::new(AsofJoinExec::try_new(
+            left,
+            right,
+            self.left_keys.clone(),
+            self.right_keys.clone(),
+            self.left_time.clone(),
+            self.right_time.clone(),
+            self.op,
+            self.ttl_nanos,
+            self.tie,
+            self.schema.clone(),
+        )?))
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let left = self.left.execute(partition, context.clone())?;
+        let (right, index) = (self.right.clone(), self.index.clone());
+        let (right_keys, right_time, tie) = (self.right_keys.clone(), self.right_time.clone(), self.tie);
+        let (left_keys, left_time) = (self.left_keys.clone(), self.left_time.clone());
+        let (op, ttl, schema) = (self.op, self.ttl_nanos, self.schema.clone());
+        let ctx = context.clone();
+        let stream = futures::stream::once(async move {
+            let idx = index
+                .get_or_try_init(|| async { build_index(right, &right_keys, &right_time, tie, ctx).await.map(Arc::new) })
+                .await?
+                .clone();
+            let schema = schema.clone();
+            Ok::<_, DataFusionError>(left.and_then(move |batch| {
+                let out = probe(&idx, &batch, &left_keys, &left_time, op, ttl, &schema);
+                futures::future::ready(out)
+            }))
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream)))
+    }
+}
+
+/// Key columns in a type both sides agree on: strings as Utf8, integers as Int64.
+fn normalize_key(a: ArrayRef) -> Result<ArrayRef> {
+    let target = match a.data_type() {
+        DataType::Utf8View | DataType::LargeUtf8 | DataType::Dictionary(_, _) => Some(DataType::Utf8),
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => Some(DataType::Int64),
+        _ => None,
+    };
+    match target {
+        Some(t) => Ok(cast(&a, &t)?),
+        None => Ok(a),
+    }
+}
+
+/// Times as i64: timestamps in nanoseconds, dates in days, integers as they are.
+fn time_values(a: ArrayRef) -> Result<Int64Array> {
+    let as_i64 = match a.data_type() {
+        DataType::Timestamp(_, _) => cast(&cast(&a, &DataType::Timestamp(TimeUnit::Nanosecond, None))?, &DataType::Int64)?,
+        DataType::Date32 | DataType::Date64 => cast(&cast(&a, &DataType::Timestamp(TimeUnit::Nanosecond, None))?, &DataType::Int64)?,
+        _ => cast(&a, &DataType::Int64)?,
+    };
+    as_i64
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .cloned()
+        .ok_or_else(|| DataFusionError::Internal("ASOF time did not cast to Int64".into()))
+}
+
+fn eval(exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+    exprs.iter().map(|e| e.evaluate(batch)?.into_array(batch.num_rows()).and_then(normalize_key)).collect()
+}
+
+async fn build_index(
+    right: Arc<dyn ExecutionPlan>,
+    keys: &[Arc<dyn PhysicalExpr>],
+    time: &Arc<dyn PhysicalExpr>,
+    tie: [Option<usize>; 2],
+    context: Arc<TaskContext>,
+) -> Result<RightIndex> {
+    let schema = right.schema();
+    let reservation = MemoryConsumer::new("AsofJoinExec right side").register(context.memory_pool());
+    let batches = collect(right, context).await?;
+    for b in &batches {
+        reservation.try_grow(b.get_array_memory_size())?;
+    }
+    let batch = concat_batches(&schema, &batches)?;
+    drop(batches);
+    let key_arrays = eval(keys, &batch)?;
+    let key_types: Vec<DataType> = key_arrays.iter().map(|a| a.data_type().clone()).collect();
+    let converter = RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())?;
+    let rows = converter.convert_columns(&key_arrays)?;
+    let times = time_values(time.evaluate(&batch)?.into_array(batch.num_rows())?)?;
+    let tie_cols: Vec<Int64Array> = tie.iter().flatten().map(|&i| time_values(batch.column(i).clone())).collect::<Result<_>>()?;
+    let mut groups: HashMap<Box<[u8]>, Vec<(i64, u32)>> = HashMap::new();
+    for i in 0..batch.num_rows() {
+        if times.is_null(i) || key_arrays.iter().any(|k| k.is_null(i)) {
+            continue;
+        }
+        groups.entry(rows.row(i).as_ref().into()).or_default().push((times.value(i), i as u32));
+    }
+    reservation.try_grow(batch.num_rows() * 24 + groups.len() * 64)?;
+    let tie_of = |row: u32| -> Vec<i64> { tie_cols.iter().map(|c| if c.is_null(row as usize) { i64::MIN } else { c.value(row as usize) }).collect() };
+    for v in groups.values_mut() {
+        if tie_cols.is_empty() {
+            v.sort_by_key(|(t, row)| (*t, *row));
+        } else {
+            v.sort_by(|a, b| (a.0, tie_of(a.1), a.1).cmp(&(b.0, tie_of(b.1), b.1)));
+        }
+    }
+    Ok(RightIndex { batch, groups, converter, key_types, _reservation: reservation })
+}
+
+fn probe(
+    idx: &RightIndex,
+    batch: &RecordBatch,
+    keys: &[Arc<dyn PhysicalExpr>],
+    time: &Arc<dyn PhysicalExpr>,
+    op: AsofOp,
+    ttl: Option<i64>,
+    schema: &SchemaRef,
+) -> Result<RecordBatch> {
+    let n = batch.num_rows();
+    let key_arrays = eval(keys, batch)?
+        .into_iter()
+        .zip(&idx.key_types)
+        .map(|(a, t)| if a.data_type() == t { Ok(a) } else { Ok(cast(&a, t)?) })
+        .collect::<Result<Vec<_>>>()?;
+    let rows = idx.converter.convert_columns(&key_arrays)?;
+    let times = time_values(time.evaluate(batch)?.into_array(n)?)?;
+    let mut picks: Vec<Option<u32>> = Vec::with_capacity(n);
+    for i in 0..n {
+        if times.is_null(i) || key_arrays.iter().any(|k| k.is_null(i)) {
+            picks.push(None);
+            continue;
+        }
+        let t = times.value(i);
+        picks.push(idx.groups.get(rows.row(i).as_ref()).and_then(|g| pick(g, t, op, ttl)));
+    }
+    let indices = UInt32Array::from(picks);
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    for c in idx.batch.columns() {
+        columns.push(take(c.as_ref(), &indices, None)?);
+    }
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// The matching row of one key's sorted rows for left time `t`.
+fn pick(g: &[(i64, u32)], t: i64, op: AsofOp, ttl: Option<i64>) -> Option<u32> {
+    let (found, gap) = match op {
+        AsofOp::GtEq | AsofOp::Gt => {
+            let end = if op == AsofOp::GtEq { g.partition_point(|e| e.0 <= t) } else { g.partition_point(|e| e.0 < t) };
+            // the last of the newest time: the greatest tie-breaker
+            let e = g.get(end.checked_sub(1)?)?;
+            (e, t.checked_sub(e.0))
+        }
+        AsofOp::LtEq | AsofOp::Lt => {
+            let start = if op == AsofOp::LtEq { g.partition_point(|e| e.0 < t) } else { g.partition_point(|e| e.0 <= t) };
+            let first = g.get(start)?;
+            let last_same = g.partition_point(|e| e.0 <= first.0) - 1;
+            let e = &g[last_same];
+            (e, e.0.checked_sub(t))
+        }
+    };
+    match (ttl, gap) {
+        (Some(ttl), Some(gap)) if gap > ttl => None,
+        _ => Some(found.1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_follow_the_operator_ties_and_ttl() {
+        // times 10, 20, 20, 30 (rows 0..3; rows 1 and 2 tie, 2 sorts last: the greater tie-breaker)
+        let g = [(10, 0), (20, 1), (20, 2), (30, 3)];
+        assert_eq!(pick(&g, 5, AsofOp::GtEq, None), None);
+        assert_eq!(pick(&g, 10, AsofOp::GtEq, None), Some(0));
+        assert_eq!(pick(&g, 10, AsofOp::Gt, None), None);
+        assert_eq!(pick(&g, 20, AsofOp::GtEq, None), Some(2));
+        assert_eq!(pick(&g, 25, AsofOp::Gt, None), Some(2));
+        assert_eq!(pick(&g, 99, AsofOp::GtEq, None), Some(3));
+        assert_eq!(pick(&g, 15, AsofOp::LtEq, None), Some(2));
+        assert_eq!(pick(&g, 20, AsofOp::LtEq, None), Some(2));
+        assert_eq!(pick(&g, 20, AsofOp::Lt, None), Some(3));
+        assert_eq!(pick(&g, 30, AsofOp::Lt, None), None);
+        assert_eq!(pick(&g, 99, AsofOp::GtEq, Some(69)), Some(3));
+        assert_eq!(pick(&g, 99, AsofOp::GtEq, Some(68)), None);
+        assert_eq!(pick(&g, 0, AsofOp::LtEq, Some(10)), Some(0));
+        assert_eq!(pick(&g, 0, AsofOp::LtEq, Some(9)), None);
+    }
+}

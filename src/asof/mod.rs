@@ -1,0 +1,21 @@
+//! Point-in-time joins: `l ASOF JOIN r MATCH_CONDITION (l.t >= r.t) ON l.k = r.k` (Snowflake's syntax).
+//!
+//! Every left row is kept once; its right side is the row with equal keys whose time is the greatest satisfying the
+//! condition (ties: greatest `_offset`, then greatest `_partition` when the right side has them), or NULLs. With a
+//! `ttl` on a Kafka right table, a right row further than the TTL from the left row counts as no match. `>`, `<=`,
+//! `<` mirror this (see DESIGN.md "ASOF join").
+//!
+//! How it plugs into DataFusion, which parses but cannot plan ASOF joins:
+//! 1. [`rewrite`]: an AST pass wraps every FROM item that contains an ASOF join in parentheses (a `NestedJoin`),
+//!    because DataFusion's relation planners see nested joins but not top-level join operators;
+//! 2. [`AsofRelationPlanner`] plans such a nested join: its ASOF joins become the [`AsofJoin`] logical extension
+//!    node, its other joins ordinary joins;
+//! 3. [`AsofQueryPlanner`] turns [`AsofJoin`] into [`AsofJoinExec`], visible in EXPLAIN.
+
+mod exec;
+mod node;
+mod plan;
+
+pub use exec::AsofJoinExec;
+pub use node::{AsofJoin, AsofOp};
+pub use plan::{AsofQueryPlanner, AsofRelationPlanner, rewrite};

@@ -1,0 +1,211 @@
+//! ASOF JOIN against a brute-force oracle on randomized data: thousands of cases with duplicate times, ties broken by
+//! `_offset`, out-of-order arrival, NULL keys and times, empty sides, every operator, and two ASOF joins in one
+//! query. Plus TTL on a Kafka table and the fraud example's training set.
+
+mod common;
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+#[derive(Debug, Clone)]
+struct Right {
+    k: Option<String>,
+    t: Option<i64>,
+    v: i64,
+    offset: i64,
+}
+
+#[derive(Debug, Clone)]
+struct Left {
+    id: i64,
+    k: Option<String>,
+    t: Option<i64>,
+}
+
+fn key(rng: &mut StdRng) -> Option<String> {
+    if rng.random_bool(0.1) { None } else { Some(format!("k{}", rng.random_range(0..4))) }
+}
+
+fn time(rng: &mut StdRng) -> Option<i64> {
+    if rng.random_bool(0.05) { None } else { Some(rng.random_range(0..12)) }
+}
+
+fn right_batch(rows: &[Right]) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Utf8, true),
+        Field::new("t", DataType::Int64, true),
+        Field::new("v", DataType::Int64, false),
+        Field::new("_offset", DataType::Int64, false),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(rows.iter().map(|r| r.k.clone()).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.t).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.v).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.offset).collect::<Vec<_>>())),
+        ],
+    )
+    .expect("batch")
+}
+
+fn left_batch(rows: &[Left]) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("k", DataType::Utf8, true),
+        Field::new("t", DataType::Int64, true),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.id).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(rows.iter().map(|r| r.k.clone()).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.t).collect::<Vec<_>>())),
+        ],
+    )
+    .expect("batch")
+}
+
+/// The right row an ASOF join must pick for `l`, by definition.
+fn oracle(l: &Left, right: &[Right], op: &str) -> Option<i64> {
+    let (lk, lt) = (l.k.as_ref()?, l.t?);
+    let candidates = right.iter().filter(|r| {
+        r.k.as_ref() == Some(lk)
+            && r.t.is_some_and(|rt| match op {
+                ">=" => lt >= rt,
+                ">" => lt > rt,
+                "<=" => lt <= rt,
+                _ => lt < rt,
+            })
+    });
+    let best = match op {
+        ">=" | ">" => candidates.max_by_key(|r| (r.t, r.offset)),
+        _ => candidates.max_by_key(|r| (std::cmp::Reverse(r.t), r.offset)),
+    };
+    best.map(|r| r.v)
+}
+
+fn random_right(rng: &mut StdRng, base: i64) -> Vec<Right> {
+    let n = if rng.random_bool(0.1) { 0 } else { rng.random_range(1..40) };
+    let mut offsets: Vec<i64> = (0..n as i64).collect();
+    offsets.shuffle(rng); // arrival order unrelated to event time
+    (0..n).map(|i| Right { k: key(rng), t: time(rng), v: base + i as i64, offset: offsets[i] }).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asof_join_matches_the_brute_force_oracle() {
+    let cluster = common::cluster();
+    let engine = common::engine(&cluster, &common::unique("catalog")).await;
+    let ctx = engine.context().clone();
+    let mut rng = StdRng::seed_from_u64(20261125);
+    let ops = [">=", ">", "<=", "<"];
+    let cases = 1500;
+    for case in 0..cases {
+        let n_left = if rng.random_bool(0.05) { 0 } else { rng.random_range(1..30) };
+        let left: Vec<Left> = (0..n_left).map(|i| Left { id: i as i64, k: key(&mut rng), t: time(&mut rng) }).collect();
+        let r1 = random_right(&mut rng, 1000);
+        let r2 = random_right(&mut rng, 2000);
+        for name in ["l", "r1", "r2"] {
+            let _ = ctx.deregister_table(name);
+        }
+        ctx.register_batch("l", left_batch(&left)).expect("l");
+        ctx.register_batch("r1", right_batch(&r1)).expect("r1");
+        ctx.register_batch("r2", right_batch(&r2)).expect("r2");
+        let (op1, op2) = (ops[case % 4], ops[rng.random_range(0..4)]);
+        let flip = rng.random_bool(0.5); // write the condition either way round
+        let cond1 = if flip { format!("a.t {op1} l.t").replace(op1, mirror(op1)) } else { format!("l.t {op1} a.t") };
+        let sql = format!(
+            "SELECT l.id, a.v, b.v FROM l ASOF JOIN r1 a MATCH_CONDITION ({cond1}) ON l.k = a.k \
+             ASOF JOIN r2 b MATCH_CONDITION (l.t {op2} b.t) ON b.k = l.k ORDER BY l.id"
+        );
+        let got = common::rows(&engine, &sql).await;
+        let want: Vec<Vec<String>> = left
+            .iter()
+            .map(|l| {
+                let show = |v: Option<i64>| v.map_or("NULL".to_string(), |v| v.to_string());
+                vec![l.id.to_string(), show(oracle(l, &r1, op1)), show(oracle(l, &r2, op2))]
+            })
+            .collect();
+        assert_eq!(got, want, "case {case}: {sql}\nleft {left:?}\nr1 {r1:?}\nr2 {r2:?}");
+    }
+}
+
+fn mirror(op: &str) -> &'static str {
+    match op {
+        ">=" => "<=",
+        ">" => "<",
+        "<=" => ">=",
+        _ => ">",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_on_a_kafka_table_and_asof_over_subqueries() {
+    let cluster = common::cluster();
+    let engine = common::engine(&cluster, &common::unique("catalog")).await;
+    let t = common::unique("feat");
+    common::topic(&cluster, &t, 2).await;
+    // features of u1 at 10:00 and 11:00
+    common::produce(
+        cluster.producer(),
+        &t,
+        vec![
+            common::Msg::new("u1", r#"{"user_id":"u1","score":1,"event_time":"2026-11-20T10:00:00"}"#),
+            common::Msg::new("u1", r#"{"user_id":"u1","score":2,"event_time":"2026-11-20T11:00:00"}"#),
+        ],
+    )
+    .await;
+    engine
+        .query(&format!(
+            "CREATE EXTERNAL TABLE feats (user_id VARCHAR NOT NULL, score BIGINT, event_time TIMESTAMP NOT NULL) \
+             STORED AS KAFKA LOCATION '{t}' OPTIONS ('key' 'user_id', 'event_time' 'event_time', 'ttl' '30 minutes')"
+        ))
+        .await
+        .expect("create");
+    let sql = "SELECT l.ts, f.score FROM (VALUES ('u1', TIMESTAMP '2026-11-20 09:59:00'), ('u1', TIMESTAMP '2026-11-20 10:29:59'), \
+               ('u1', TIMESTAMP '2026-11-20 10:30:01'), ('u1', TIMESTAMP '2026-11-20 11:30:00'), ('u1', TIMESTAMP '2026-11-20 11:30:01'), \
+               ('u2', TIMESTAMP '2026-11-20 11:00:00')) AS l(user_id, ts) \
+               ASOF JOIN feats f MATCH_CONDITION (l.ts >= f.event_time) ON l.user_id = f.user_id ORDER BY l.user_id, l.ts";
+    let got: Vec<String> = common::rows(&engine, sql).await.into_iter().map(|r| r[1].clone()).collect();
+    assert_eq!(got, vec!["NULL", "1", "NULL", "2", "NULL", "NULL"], "TTL 30 minutes: exactly 30 min old still matches, older does not");
+    let plan = common::explain(&engine, sql).await;
+    assert!(plan.contains("AsofJoinExec") && plan.contains("ttl=1800s"), "{plan}");
+    // the right side can be any relation: a subquery over the Kafka table (no TTL there)
+    let sub = sql.replace("ASOF JOIN feats f", "ASOF JOIN (SELECT * FROM feats WHERE score > 0) f");
+    let got: Vec<String> = common::rows(&engine, &sub).await.into_iter().map(|r| r[1].clone()).collect();
+    assert_eq!(got, vec!["NULL", "1", "1", "2", "2", "NULL"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fraud_training_set_never_sees_the_future() {
+    let cluster = common::cluster();
+    let engine = common::engine(&cluster, &common::unique("catalog")).await;
+    let t = common::unique("txns");
+    common::topic(&cluster, &t, 4).await;
+    let txns = kfsql::demo::generate(3000, 40, std::time::Duration::from_secs(3600), chrono::Utc::now(), 9);
+    kfsql::demo::produce_transactions(cluster.producer(), &t, &txns).await.expect("produce");
+    engine.query(&common::create_table_sql("tx", &t, "")).await.expect("create");
+    // each transaction as a label, joined with the user's previous transaction (strictly before)
+    let sql = "SELECT l.txn_id, p.txn_id, l.event_time, p.event_time FROM tx l \
+               ASOF JOIN tx p MATCH_CONDITION (l.event_time > p.event_time) ON l.user_id = p.user_id";
+    let rows = common::rows(&engine, sql).await;
+    assert_eq!(rows.len(), txns.len());
+    let by_id: std::collections::HashMap<&str, &kfsql::demo::Transaction> = txns.iter().map(|t| (t.txn_id.as_str(), t)).collect();
+    for r in rows {
+        let l = by_id[r[0].as_str()];
+        let expected = txns.iter().filter(|p| p.user_id == l.user_id && p.event_time_ms < l.event_time_ms).max_by_key(|p| p.event_time_ms);
+        match expected {
+            None => assert_eq!(r[1], "NULL", "{r:?}"),
+            Some(p) => {
+                let got = by_id[r[1].as_str()];
+                assert_eq!(got.event_time_ms, p.event_time_ms, "{r:?}");
+                assert!(got.event_time_ms < l.event_time_ms, "a feature from the future leaked: {r:?}");
+            }
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! tags — under the query timeout. The pg-wire server and the CLI both go through here.
 
 use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
@@ -38,11 +39,18 @@ pub struct EngineConfig {
     pub query_timeout: Duration,
     /// The database name clients connect to (DataFusion's catalog name).
     pub database: String,
+    /// Where `COPY … TO 'file'` writes; paths are relative to it and may not leave it.
+    pub export_dir: PathBuf,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { catalog_topic: "_kfsql_catalog".into(), query_timeout: Duration::from_secs(60), database: "kfsql".into() }
+        Self {
+            catalog_topic: "_kfsql_catalog".into(),
+            query_timeout: Duration::from_secs(60),
+            database: "kfsql".into(),
+            export_dir: PathBuf::from("exports"),
+        }
     }
 }
 
@@ -278,6 +286,18 @@ impl EngineInner {
                 e.statement = Box::new(self.prepare(*e.statement)?);
                 DFStatement::Explain(e)
             }
+            DFStatement::CopyTo(mut c) => {
+                c.target = export_path(&self.config.export_dir, &c.target)?.to_string_lossy().into_owned();
+                if let datafusion::sql::parser::CopyToSource::Query(q) = &mut c.source {
+                    let mut stmt = SqlStatement::Query(q.clone());
+                    sql::time_travel::rewrite(&mut stmt)?;
+                    crate::asof::rewrite(&mut stmt);
+                    if let SqlStatement::Query(rewritten) = stmt {
+                        *q = rewritten;
+                    }
+                }
+                DFStatement::CopyTo(c)
+            }
             other => other,
         })
     }
@@ -375,6 +395,30 @@ impl EngineInner {
         }
         Ok(Output::Command { tag: "DROP TABLE".into(), rows: None })
     }
+}
+
+/// Resolve a COPY target inside the export directory, refusing anything that would leave it.
+fn export_path(dir: &Path, target: &str) -> Result<PathBuf> {
+    let requested = Path::new(target);
+    let relative = if requested.is_absolute() {
+        let base = std::path::absolute(dir).map_err(|e| KfsqlError::Internal(e.to_string()))?;
+        requested.strip_prefix(&base).map(Path::to_path_buf).map_err(|_| {
+            KfsqlError::PermissionDenied(format!("COPY may only write inside the export directory {} (got {target})", base.display()))
+        })?
+    } else {
+        requested.to_path_buf()
+    };
+    if relative.as_os_str().is_empty() || relative.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(KfsqlError::PermissionDenied(format!(
+            "COPY target '{target}' must be a file path inside the export directory {}, without '..'",
+            dir.display()
+        )));
+    }
+    let path = std::path::absolute(dir.join(&relative)).map_err(|e| KfsqlError::Internal(e.to_string()))?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| KfsqlError::Internal(format!("creating {}: {e}", parent.display())))?;
+    }
+    Ok(path)
 }
 
 /// A statement with nothing kfsql-specific in it: a query or session statement without time travel.

@@ -59,6 +59,9 @@ struct Common {
     /// With the embedded Kafka: do not load the fraud demo.
     #[arg(long, env = "KFSQL_NO_DEMO", global = true)]
     no_demo: bool,
+    /// Directory that `COPY … TO 'file'` writes into (paths may not leave it).
+    #[arg(long, env = "KFSQL_EXPORT_DIR", default_value = "exports", global = true)]
+    export_dir: std::path::PathBuf,
     /// With the embedded Kafka: how many demo transactions to generate.
     #[arg(long, default_value_t = 20_000, global = true)]
     demo_transactions: usize,
@@ -89,7 +92,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     .with_replication(c.replication_factor);
     let cluster = Arc::new(cluster);
-    let config = EngineConfig { catalog_topic: c.catalog_topic.clone(), query_timeout: c.query_timeout, ..Default::default() };
+    let config = EngineConfig {
+        catalog_topic: c.catalog_topic.clone(),
+        query_timeout: c.query_timeout,
+        export_dir: c.export_dir.clone(),
+        ..Default::default()
+    };
     let engine = Engine::start(cluster.clone(), config).await?;
     if (cluster.is_embedded() && !c.no_demo) || c.demo {
         tracing::info!("loading the fraud demo ({} transactions)…", c.demo_transactions);

@@ -224,12 +224,15 @@ async fn build_index(
         groups.entry(rows.row(i).as_ref().into()).or_default().push((times.value(i), i as u32));
     }
     reservation.try_grow(batch.num_rows() * 24 + groups.len() * 64)?;
-    let tie_of = |row: u32| -> Vec<i64> { tie_cols.iter().map(|c| if c.is_null(row as usize) { i64::MIN } else { c.value(row as usize) }).collect() };
+    let tie_of = |row: u32| -> [i64; 2] {
+        let value = |i: usize| tie_cols.get(i).map_or(i64::MIN, |c| if c.is_null(row as usize) { i64::MIN } else { c.value(row as usize) });
+        [value(0), value(1)]
+    };
     for v in groups.values_mut() {
         if tie_cols.is_empty() {
-            v.sort_by_key(|(t, row)| (*t, *row));
+            v.sort_unstable_by_key(|(t, row)| (*t, *row));
         } else {
-            v.sort_by(|a, b| (a.0, tie_of(a.1), a.1).cmp(&(b.0, tie_of(b.1), b.1)));
+            v.sort_unstable_by_key(|(t, row)| (*t, tie_of(*row), *row));
         }
     }
     Ok(RightIndex { batch, groups, converter, key_types, _reservation: reservation })

@@ -34,8 +34,8 @@ pub enum KfsqlError {
     /// The client is not allowed to do this (42501).
     #[error("permission denied: {0}")]
     PermissionDenied(String),
-    /// Anything the query engine raised.
-    #[error("{0}")]
+    /// Anything the query engine raised (shown without DataFusion's "Error during planning:"-style prefixes).
+    #[error("{}", df_message(.0))]
     DataFusion(#[from] DataFusionError),
     #[error("internal error: {0}")]
     Internal(String),
@@ -95,6 +95,15 @@ impl KfsqlError {
     /// Wrap into a DataFusionError so it can cross DataFusion APIs and be recovered by [`Self::from_datafusion`].
     pub fn into_datafusion(self) -> DataFusionError {
         DataFusionError::External(Box::new(self))
+    }
+}
+
+fn df_message(e: &DataFusionError) -> String {
+    match e.find_root() {
+        DataFusionError::Plan(m) | DataFusionError::Execution(m) => m.clone(),
+        DataFusionError::NotImplemented(m) => format!("not supported: {m}"),
+        DataFusionError::SchemaError(inner, _) => inner.to_string(),
+        root => root.to_string(),
     }
 }
 

@@ -37,7 +37,9 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("json_decode");
     g.throughput(Throughput::Elements(batch as u64));
     g.bench_function("fraud_txn_8192_good", |b| b.iter(|| decoder.decode(&good).expect("decode").batch.num_rows()));
-    g.bench_function("fraud_txn_8192_one_bad", |b| b.iter(|| decoder.decode(&one_bad).expect("decode").batch.num_rows()));
+    g.bench_function("fraud_txn_8192_one_bad", |b| {
+        b.iter(|| decoder.decode(&one_bad).expect("decode").batch.num_rows())
+    });
     g.finish();
 }
 

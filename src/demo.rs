@@ -89,7 +89,9 @@ pub async fn produce_transactions(producer: &FutureProducer, topic: &str, txns: 
         pending.push(send_with_retry(producer, record).await?);
     }
     for f in pending {
-        f.await.map_err(|_| KfsqlError::Kafka("producer dropped".into()))?.map_err(|(e, _)| KfsqlError::Kafka(e.to_string()))?;
+        f.await
+            .map_err(|_| KfsqlError::Kafka("producer dropped".into()))?
+            .map_err(|(e, _)| KfsqlError::Kafka(e.to_string()))?;
     }
     producer.flush(Duration::from_secs(30)).map_err(|e| KfsqlError::Kafka(e.to_string()))
 }
@@ -98,13 +100,16 @@ pub async fn produce_transactions(producer: &FutureProducer, topic: &str, txns: 
 pub async fn produce_labels(producer: &FutureProducer, topic: &str, txns: &[Transaction]) -> Result<()> {
     let mut pending = Vec::with_capacity(txns.len());
     for t in txns {
-        let label = Label { txn_id: &t.txn_id, user_id: &t.user_id, is_fraud: t.is_fraud, event_time: t.event_time.clone() };
+        let label =
+            Label { txn_id: &t.txn_id, user_id: &t.user_id, is_fraud: t.is_fraud, event_time: t.event_time.clone() };
         let payload = serde_json::to_vec(&label).map_err(|e| KfsqlError::Internal(e.to_string()))?;
         let record = FutureRecord::to(topic).key(&t.user_id).payload(&payload).timestamp(t.event_time_ms + 60_000);
         pending.push(send_with_retry(producer, record).await?);
     }
     for f in pending {
-        f.await.map_err(|_| KfsqlError::Kafka("producer dropped".into()))?.map_err(|(e, _)| KfsqlError::Kafka(e.to_string()))?;
+        f.await
+            .map_err(|_| KfsqlError::Kafka("producer dropped".into()))?
+            .map_err(|(e, _)| KfsqlError::Kafka(e.to_string()))?;
     }
     Ok(())
 }
@@ -112,7 +117,10 @@ pub async fn produce_labels(producer: &FutureProducer, topic: &str, txns: &[Tran
 type Delivery = rdkafka::producer::DeliveryFuture;
 
 /// Enqueue a record, waiting while the producer's local queue is full.
-async fn send_with_retry<'a>(producer: &FutureProducer, mut record: FutureRecord<'a, String, Vec<u8>>) -> Result<Delivery> {
+async fn send_with_retry<'a>(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'a, String, Vec<u8>>,
+) -> Result<Delivery> {
     loop {
         match producer.send_result(record) {
             Ok(f) => return Ok(f),

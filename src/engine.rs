@@ -194,10 +194,14 @@ impl Engine {
                     let n: usize = batches.iter().map(|b| b.num_rows()).sum();
                     out.push((Some(schema), batches, format!("SELECT {n}")));
                 }
-                Output::Command { tag, rows } => out.push((None, Vec::new(), match rows {
-                    Some(n) => format!("{tag} {n}"),
-                    None => tag,
-                })),
+                Output::Command { tag, rows } => out.push((
+                    None,
+                    Vec::new(),
+                    match rows {
+                        Some(n) => format!("{tag} {n}"),
+                        None => tag,
+                    },
+                )),
             }
         }
         Ok(out)
@@ -309,7 +313,9 @@ impl EngineInner {
                     return self.drop_tables(names.iter().map(|n| n.to_string()).collect(), *if_exists).await;
                 }
                 SqlStatement::ShowTables { .. } => {
-                    let stmt = sql::parse("SELECT * FROM kfsql.tables ORDER BY table_name")?.pop_front().ok_or_else(|| KfsqlError::Internal("empty".into()))?;
+                    let stmt = sql::parse("SELECT * FROM kfsql.tables ORDER BY table_name")?
+                        .pop_front()
+                        .ok_or_else(|| KfsqlError::Internal("empty".into()))?;
                     let plan = self.ctx.state().statement_to_plan(stmt).await?;
                     return self.run_plan(plan).await;
                 }
@@ -328,7 +334,12 @@ impl EngineInner {
             }
             LogicalPlan::Ddl(ddl) => {
                 let tag = ddl_tag(&ddl);
-                self.ctx.execute_logical_plan(LogicalPlan::Ddl(ddl)).await.map_err(KfsqlError::from_datafusion)?.collect().await?;
+                self.ctx
+                    .execute_logical_plan(LogicalPlan::Ddl(ddl))
+                    .await
+                    .map_err(KfsqlError::from_datafusion)?
+                    .collect()
+                    .await?;
                 Ok(Output::Command { tag, rows: None })
             }
             LogicalPlan::Dml(DmlStatement { ref op, .. }) if !matches!(op, WriteOp::Ctas) => {
@@ -339,12 +350,26 @@ impl EngineInner {
                     _ => "COPY",
                 }
                 .to_string();
-                let batches = self.ctx.execute_logical_plan(plan).await.map_err(KfsqlError::from_datafusion)?.collect().await.map_err(KfsqlError::from_datafusion)?;
+                let batches = self
+                    .ctx
+                    .execute_logical_plan(plan)
+                    .await
+                    .map_err(KfsqlError::from_datafusion)?
+                    .collect()
+                    .await
+                    .map_err(KfsqlError::from_datafusion)?;
                 let rows = count_from(&batches);
                 Ok(Output::Command { tag, rows: Some(rows) })
             }
             LogicalPlan::Copy(_) => {
-                let batches = self.ctx.execute_logical_plan(plan).await.map_err(KfsqlError::from_datafusion)?.collect().await.map_err(KfsqlError::from_datafusion)?;
+                let batches = self
+                    .ctx
+                    .execute_logical_plan(plan)
+                    .await
+                    .map_err(KfsqlError::from_datafusion)?
+                    .collect()
+                    .await
+                    .map_err(KfsqlError::from_datafusion)?;
                 Ok(Output::Command { tag: "COPY".into(), rows: Some(count_from(&batches)) })
             }
             LogicalPlan::Statement(_) => {
@@ -366,7 +391,8 @@ impl EngineInner {
             return Err(KfsqlError::InvalidParameter(format!("Kafka tables live in schema 'public', not '{schema}'")));
         }
         let name = cmd.name.table().to_string();
-        let exists = self.defs.read().unwrap_or_else(|p| p.into_inner()).contains_key(&name) || self.ctx.table_exist(public(&name))?;
+        let exists = self.defs.read().unwrap_or_else(|p| p.into_inner()).contains_key(&name)
+            || self.ctx.table_exist(public(&name))?;
         if exists && !cmd.or_replace {
             if cmd.if_not_exists {
                 return Ok(tag);
@@ -403,7 +429,10 @@ fn export_path(dir: &Path, target: &str) -> Result<PathBuf> {
     let relative = if requested.is_absolute() {
         let base = std::path::absolute(dir).map_err(|e| KfsqlError::Internal(e.to_string()))?;
         requested.strip_prefix(&base).map(Path::to_path_buf).map_err(|_| {
-            KfsqlError::PermissionDenied(format!("COPY may only write inside the export directory {} (got {target})", base.display()))
+            KfsqlError::PermissionDenied(format!(
+                "COPY may only write inside the export directory {} (got {target})",
+                base.display()
+            ))
         })?
     } else {
         requested.to_path_buf()
@@ -416,7 +445,8 @@ fn export_path(dir: &Path, target: &str) -> Result<PathBuf> {
     }
     let path = std::path::absolute(dir.join(&relative)).map_err(|e| KfsqlError::Internal(e.to_string()))?;
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| KfsqlError::Internal(format!("creating {}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| KfsqlError::Internal(format!("creating {}: {e}", parent.display())))?;
     }
     Ok(path)
 }
@@ -457,7 +487,9 @@ fn count_from(batches: &[RecordBatch]) -> usize {
     batches
         .first()
         .filter(|b| b.num_columns() > 0 && b.num_rows() > 0)
-        .and_then(|b| b.column(0).as_any().downcast_ref::<UInt64Array>().filter(|a| !a.is_null(0)).map(|a| a.value(0) as usize))
+        .and_then(|b| {
+            b.column(0).as_any().downcast_ref::<UInt64Array>().filter(|a| !a.is_null(0)).map(|a| a.value(0) as usize)
+        })
         .unwrap_or(0)
 }
 

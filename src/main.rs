@@ -10,7 +10,11 @@ use kfsql::kafka::KafkaCluster;
 use kfsql::{Engine, EngineConfig};
 
 #[derive(Parser, Debug)]
-#[command(name = "kfsql", version, about = "Kafka topics as an ML feature store, queried with SQL over the Postgres wire protocol")]
+#[command(
+    name = "kfsql",
+    version,
+    about = "Kafka topics as an ML feature store, queried with SQL over the Postgres wire protocol"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -68,13 +72,17 @@ struct Common {
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).ok_or_else(|| format!("expected key=value, got '{s}'"))
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .ok_or_else(|| format!("expected key=value, got '{s}'"))
 }
 
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KFSQL_LOG").unwrap_or_else(|_| "kfsql=info,warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KFSQL_LOG").unwrap_or_else(|_| "kfsql=info,warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -103,7 +111,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         tracing::info!("loading the fraud demo ({} transactions)…", c.demo_transactions);
         kfsql::demo::load(&engine, &cluster, c.demo_transactions, 1000).await?;
     }
-    match cli.command.unwrap_or(Command::Serve { listen: std::env::var("KFSQL_LISTEN").unwrap_or_else(|_| "127.0.0.1:5433".into()) }) {
+    match cli
+        .command
+        .unwrap_or(Command::Serve { listen: std::env::var("KFSQL_LISTEN").unwrap_or_else(|_| "127.0.0.1:5433".into()) })
+    {
         Command::Query { sql } => {
             for (schema, batches, tag) in engine.query(&sql).await? {
                 if schema.is_some() {
@@ -121,7 +132,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let (addr, task) = kfsql::server::start(engine, &listen).await?;
             eprintln!("kfsql {} serving Postgres clients on {addr}", env!("CARGO_PKG_VERSION"));
             eprintln!("  psql -h {} -p {} -U kfsql -d kfsql", addr.ip(), addr.port());
-            eprintln!("  Kafka bootstrap: {}{}", cluster.bootstrap_servers(), if cluster.is_embedded() { " (embedded; produce here with any Kafka client)" } else { "" });
+            eprintln!(
+                "  Kafka bootstrap: {}{}",
+                cluster.bootstrap_servers(),
+                if cluster.is_embedded() { " (embedded; produce here with any Kafka client)" } else { "" }
+            );
             tokio::select! {
                 r = task => { r??; }
                 _ = tokio::signal::ctrl_c() => {

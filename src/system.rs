@@ -32,8 +32,15 @@ impl TableProvider for SystemTable {
     fn table_type(&self) -> TableType {
         TableType::View
     }
-    async fn scan(&self, state: &dyn Session, projection: Option<&Vec<usize>>, filters: &[Expr], limit: Option<usize>) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let engine = self.engine.upgrade().ok_or_else(|| DataFusionError::Execution("kfsql is shutting down".into()))?;
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let engine =
+            self.engine.upgrade().ok_or_else(|| DataFusionError::Execution("kfsql is shutting down".into()))?;
         let batch = (self.rows)(&engine)?;
         MemTable::try_new(self.schema.clone(), vec![vec![batch]])?.scan(state, projection, filters, limit).await
     }
@@ -42,7 +49,10 @@ impl TableProvider for SystemTable {
 /// The `kfsql` schema with its system tables.
 pub fn schema(engine: Weak<EngineInner>) -> DfResult<Arc<dyn SchemaProvider>> {
     let s = MemorySchemaProvider::new();
-    s.register_table("tables".into(), Arc::new(SystemTable { schema: tables_schema(), engine: engine.clone(), rows: tables_rows }))?;
+    s.register_table(
+        "tables".into(),
+        Arc::new(SystemTable { schema: tables_schema(), engine: engine.clone(), rows: tables_rows }),
+    )?;
     s.register_table("table_stats".into(), Arc::new(SystemTable { schema: stats_schema(), engine, rows: stats_rows }))?;
     Ok(Arc::new(s))
 }

@@ -172,7 +172,11 @@ async fn ttl_on_a_kafka_table_and_asof_over_subqueries() {
                ('u2', TIMESTAMP '2026-11-20 11:00:00')) AS l(user_id, ts) \
                ASOF JOIN feats f MATCH_CONDITION (l.ts >= f.event_time) ON l.user_id = f.user_id ORDER BY l.user_id, l.ts";
     let got: Vec<String> = common::rows(&engine, sql).await.into_iter().map(|r| r[1].clone()).collect();
-    assert_eq!(got, vec!["NULL", "1", "NULL", "2", "NULL", "NULL"], "TTL 30 minutes: exactly 30 min old still matches, older does not");
+    assert_eq!(
+        got,
+        vec!["NULL", "1", "NULL", "2", "NULL", "NULL"],
+        "TTL 30 minutes: exactly 30 min old still matches, older does not"
+    );
     let plan = common::explain(&engine, sql).await;
     assert!(plan.contains("AsofJoinExec") && plan.contains("ttl=1800s"), "{plan}");
     // the right side can be any relation: a subquery over the Kafka table (no TTL there)
@@ -195,10 +199,14 @@ async fn fraud_training_set_never_sees_the_future() {
                ASOF JOIN tx p MATCH_CONDITION (l.event_time > p.event_time) ON l.user_id = p.user_id";
     let rows = common::rows(&engine, sql).await;
     assert_eq!(rows.len(), txns.len());
-    let by_id: std::collections::HashMap<&str, &kfsql::demo::Transaction> = txns.iter().map(|t| (t.txn_id.as_str(), t)).collect();
+    let by_id: std::collections::HashMap<&str, &kfsql::demo::Transaction> =
+        txns.iter().map(|t| (t.txn_id.as_str(), t)).collect();
     for r in rows {
         let l = by_id[r[0].as_str()];
-        let expected = txns.iter().filter(|p| p.user_id == l.user_id && p.event_time_ms < l.event_time_ms).max_by_key(|p| p.event_time_ms);
+        let expected = txns
+            .iter()
+            .filter(|p| p.user_id == l.user_id && p.event_time_ms < l.event_time_ms)
+            .max_by_key(|p| p.event_time_ms);
         match expected {
             None => assert_eq!(r[1], "NULL", "{r:?}"),
             Some(p) => {

@@ -14,7 +14,10 @@ use kfsql::demo;
 use kfsql::kafka::KafkaCluster;
 
 /// A topic of generated transactions and a table over it; returns (engine, table, transactions).
-async fn fraud_table(partitions: i32, n: usize) -> (std::sync::Arc<KafkaCluster>, kfsql::Engine, String, Vec<demo::Transaction>) {
+async fn fraud_table(
+    partitions: i32,
+    n: usize,
+) -> (std::sync::Arc<KafkaCluster>, kfsql::Engine, String, Vec<demo::Transaction>) {
     let cluster = cluster();
     let topic_name = unique("txns");
     topic(&cluster, &topic_name, partitions).await;
@@ -47,7 +50,8 @@ async fn scan_reads_every_message_once() {
     assert_eq!(r[0][0], "0");
     let r = rows(&engine, "SELECT _partition, min(_offset), max(_offset), count(*) FROM tx GROUP BY _partition").await;
     for row in r {
-        let (min, max, n): (i64, i64, i64) = (row[1].parse().expect("min"), row[2].parse().expect("max"), row[3].parse().expect("n"));
+        let (min, max, n): (i64, i64, i64) =
+            (row[1].parse().expect("min"), row[2].parse().expect("max"), row[3].parse().expect("n"));
         assert_eq!((min, max - min + 1), (0, n), "partition {}", row[0]);
     }
 }
@@ -58,7 +62,8 @@ async fn key_filter_reads_only_the_keys_partition_and_matches_full_scan() {
     for user in ["u1", "u7", "u42", "nobody"] {
         let pruned = rows(&engine, &format!("SELECT txn_id FROM tx WHERE user_id = '{user}' ORDER BY txn_id")).await;
         // the same filter, written so that it cannot be pushed down
-        let full = rows(&engine, &format!("SELECT txn_id FROM tx WHERE user_id || '' = '{user}' ORDER BY txn_id")).await;
+        let full =
+            rows(&engine, &format!("SELECT txn_id FROM tx WHERE user_id || '' = '{user}' ORDER BY txn_id")).await;
         assert_eq!(pruned, full, "user {user}");
         let expected = txns.iter().filter(|t| t.user_id == user).count();
         assert_eq!(pruned.len(), expected, "user {user}");
@@ -76,7 +81,11 @@ async fn key_filter_reads_only_the_keys_partition_and_matches_full_scan() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_and_offset_filters_bound_the_read() {
     let (_c, engine, _t, _txns) = fraud_table(3, 900).await;
-    let r = rows(&engine, "SELECT _partition, _offset FROM tx WHERE _partition = 1 AND _offset >= 5 AND _offset < 10 ORDER BY _offset").await;
+    let r = rows(
+        &engine,
+        "SELECT _partition, _offset FROM tx WHERE _partition = 1 AND _offset >= 5 AND _offset < 10 ORDER BY _offset",
+    )
+    .await;
     assert_eq!(r, (5..10).map(|o| vec!["1".to_string(), o.to_string()]).collect::<Vec<_>>());
     let plan = explain(&engine, "SELECT * FROM tx WHERE _partition = 1 AND _offset >= 5 AND _offset < 10").await;
     assert!(plan.contains("partitions=1/3 [1:[5..10)]"), "{plan}");
@@ -99,7 +108,12 @@ async fn arrival_time_filters_and_time_travel_match_the_oracle() {
         .collect();
     produce(cluster.producer(), &t, msgs).await;
     let engine = engine(&cluster, &unique("catalog")).await;
-    engine.query(&format!("CREATE EXTERNAL TABLE ev (k VARCHAR NOT NULL, v BIGINT) STORED AS KAFKA LOCATION '{t}' OPTIONS ('key' 'k')")).await.expect("create");
+    engine
+        .query(&format!(
+            "CREATE EXTERNAL TABLE ev (k VARCHAR NOT NULL, v BIGINT) STORED AS KAFKA LOCATION '{t}' OPTIONS ('key' 'k')"
+        ))
+        .await
+        .expect("create");
     for cut in [0i64, 1, 57, 150, 199, 250] {
         let ts = Utc.timestamp_millis_opt(base + cut * 1000).single().expect("ts").format("%Y-%m-%d %H:%M:%S%.3f");
         let newer = scalar(&engine, &format!("SELECT count(*) FROM ev WHERE _timestamp >= TIMESTAMP '{ts}'")).await;
@@ -121,9 +135,11 @@ async fn arrival_time_filters_and_time_travel_match_the_oracle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limit_stops_consuming_early() {
     let (_c, engine, _t, txns) = fraud_table(1, 30_000).await;
-    let before: u64 = scalar(&engine, "SELECT messages FROM kfsql.table_stats WHERE table_name = 'tx'").await.parse().expect("n");
+    let before: u64 =
+        scalar(&engine, "SELECT messages FROM kfsql.table_stats WHERE table_name = 'tx'").await.parse().expect("n");
     assert_eq!(rows(&engine, "SELECT * FROM tx LIMIT 5").await.len(), 5);
-    let after: u64 = scalar(&engine, "SELECT messages FROM kfsql.table_stats WHERE table_name = 'tx'").await.parse().expect("n");
+    let after: u64 =
+        scalar(&engine, "SELECT messages FROM kfsql.table_stats WHERE table_name = 'tx'").await.parse().expect("n");
     assert!(after - before < txns.len() as u64 / 2, "LIMIT 5 read {} of {} messages", after - before, txns.len());
 }
 
@@ -150,7 +166,8 @@ async fn bad_messages_follow_the_table_policy_and_are_counted() {
         engine.query(&create_table_sql(name, &t, &format!(", 'bad_messages' '{policy}'"))).await.expect("create");
     }
     assert_eq!(rows(&engine, "SELECT txn_id FROM skipper ORDER BY txn_id").await, vec![vec!["a"], vec!["d"]]);
-    let stats = rows(&engine, "SELECT bad_messages, tombstones FROM kfsql.table_stats WHERE table_name = 'skipper'").await;
+    let stats =
+        rows(&engine, "SELECT bad_messages, tombstones FROM kfsql.table_stats WHERE table_name = 'skipper'").await;
     assert_eq!(stats, vec![vec!["4", "1"]]);
     let r = rows(&engine, "SELECT _offset, txn_id, amount FROM nuller ORDER BY _offset").await;
     assert_eq!(r.len(), 6, "{r:?}");
@@ -188,7 +205,12 @@ async fn catalog_topic_is_shared_and_survives_restarts() {
     let cluster = cluster();
     let t = unique("shared");
     topic(&cluster, &t, 2).await;
-    produce(cluster.producer(), &t, vec![Msg::new("u1", r#"{"txn_id":"a","user_id":"u1","event_time":"2026-11-20T10:00:00"}"#)]).await;
+    produce(
+        cluster.producer(),
+        &t,
+        vec![Msg::new("u1", r#"{"txn_id":"a","user_id":"u1","event_time":"2026-11-20T10:00:00"}"#)],
+    )
+    .await;
     let catalog = unique("catalog");
     let a = engine(&cluster, &catalog).await;
     a.query(&create_table_sql("shared_tx", &t, ", 'ttl' '2 hours'")).await.expect("create");
@@ -207,7 +229,11 @@ async fn catalog_topic_is_shared_and_survives_restarts() {
     let c = engine(&cluster, &catalog).await;
     assert_eq!(c.definitions().keys().cloned().collect::<Vec<_>>(), vec!["later_tx".to_string()]);
     // IF NOT EXISTS is quiet, a plain duplicate is 42P07
-    c.query(&create_table_sql("later_tx", &t, "").replace("CREATE EXTERNAL TABLE", "CREATE EXTERNAL TABLE IF NOT EXISTS")).await.expect("if not exists");
+    c.query(
+        &create_table_sql("later_tx", &t, "").replace("CREATE EXTERNAL TABLE", "CREATE EXTERNAL TABLE IF NOT EXISTS"),
+    )
+    .await
+    .expect("if not exists");
     assert_eq!(c.query(&create_table_sql("later_tx", &t, "")).await.expect_err("dup").sqlstate(), "42P07");
 }
 
@@ -229,7 +255,10 @@ async fn bad_ddl_is_refused_and_registers_nothing() {
     let cases = [
         (create_table_sql("x", &t, ", 'colour' 'red'"), "unknown option 'colour'"),
         (create_table_sql("x", &t, "").replace("'key' 'user_id'", "'key' 'nope'"), "key column 'nope'"),
-        (create_table_sql("x", &t, "").replace("'event_time' 'event_time'", "'event_time' 'amount'"), "must be a TIMESTAMP"),
+        (
+            create_table_sql("x", &t, "").replace("'event_time' 'event_time'", "'event_time' 'amount'"),
+            "must be a TIMESTAMP",
+        ),
         (create_table_sql("x", &unique("missing"), ""), "does not exist"),
         (create_table_sql("x", &t, ", 'bad_messages' 'explode'"), "skip, null or fail"),
         (create_table_sql("x", &t, ", 'format' 'avro'"), "not supported yet"),
@@ -255,9 +284,12 @@ async fn unreachable_brokers_fail_fast_with_a_clear_error() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     drop(listener); // nothing listens there now
-    let cluster = std::sync::Arc::new(KafkaCluster::connect(&format!("127.0.0.1:{port}"), Duration::from_secs(2), vec![]).expect("client"));
+    let cluster = std::sync::Arc::new(
+        KafkaCluster::connect(&format!("127.0.0.1:{port}"), Duration::from_secs(2), vec![]).expect("client"),
+    );
     let start = Instant::now();
-    let config = kfsql::EngineConfig { catalog_topic: "c".into(), query_timeout: Duration::from_secs(3), ..Default::default() };
+    let config =
+        kfsql::EngineConfig { catalog_topic: "c".into(), query_timeout: Duration::from_secs(3), ..Default::default() };
     let err = kfsql::Engine::start(cluster, config).await.err().expect("no broker");
     assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
     assert!(matches!(err, KfsqlError::Kafka(_)), "{err:?}");

@@ -11,9 +11,10 @@ use chrono::NaiveDateTime;
 use tokio_postgres::{Client, NoTls};
 
 async fn connect(addr: std::net::SocketAddr) -> Client {
-    let (client, conn) = tokio_postgres::connect(&format!("host={} port={} user=kfsql dbname=kfsql", addr.ip(), addr.port()), NoTls)
-        .await
-        .expect("connect");
+    let (client, conn) =
+        tokio_postgres::connect(&format!("host={} port={} user=kfsql dbname=kfsql", addr.ip(), addr.port()), NoTls)
+            .await
+            .expect("connect");
     tokio::spawn(conn);
     client
 }
@@ -36,7 +37,10 @@ async fn extended_protocol_with_parameters_and_binary_results() {
     let addr = demo_server(2000).await;
     let client = connect(addr).await;
     // tokio-postgres prepares (Parse/Describe) and binds typed parameters, and reads results in binary.
-    let stmt = client.prepare("SELECT txn_id, amount, event_time, _partition, _offset FROM tx WHERE user_id = $1 ORDER BY _offset").await.expect("prepare");
+    let stmt = client
+        .prepare("SELECT txn_id, amount, event_time, _partition, _offset FROM tx WHERE user_id = $1 ORDER BY _offset")
+        .await
+        .expect("prepare");
     let all = client.query("SELECT count(*) FROM tx WHERE user_id = 'u5'", &[]).await.expect("count");
     let expected: i64 = all[0].get(0);
     for _ in 0..3 {
@@ -51,12 +55,18 @@ async fn extended_protocol_with_parameters_and_binary_results() {
             let _o: i64 = r.get(4);
         }
     }
-    let n: i64 = client.query_one("SELECT count(*) FROM tx WHERE _offset < $1", &[&10i64]).await.expect("int param").get(0);
+    let n: i64 =
+        client.query_one("SELECT count(*) FROM tx WHERE _offset < $1", &[&10i64]).await.expect("int param").get(0);
     assert!(n > 0 && n <= 40, "{n}");
     // session statements clients send
-    client.batch_execute("SET application_name = 'kfsql-test'; SET extra_float_digits = 3; BEGIN; COMMIT").await.expect("session");
+    client
+        .batch_execute("SET application_name = 'kfsql-test'; SET extra_float_digits = 3; BEGIN; COMMIT")
+        .await
+        .expect("session");
     let v = client.simple_query("SHOW application_name").await.expect("show");
-    let row = v.iter().find_map(|m| if let tokio_postgres::SimpleQueryMessage::Row(r) = m { Some(r.get(0).map(String::from)) } else { None });
+    let row = v.iter().find_map(|m| {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m { Some(r.get(0).map(String::from)) } else { None }
+    });
     assert_eq!(row.flatten().as_deref(), Some("kfsql-test"));
     // an error leaves the connection usable
     let err = client.query("SELECT * FROM missing_table", &[]).await.expect_err("missing");
@@ -102,7 +112,11 @@ async fn query_and_vanish(addr: std::net::SocketAddr, sql: &str) {
 }
 
 async fn messages_read(c: &Client) -> i64 {
-    let v: String = c.query_one("SELECT CAST(messages AS VARCHAR) FROM kfsql.table_stats WHERE table_name = 'tx'", &[]).await.expect("stats").get(0);
+    let v: String = c
+        .query_one("SELECT CAST(messages AS VARCHAR) FROM kfsql.table_stats WHERE table_name = 'tx'", &[])
+        .await
+        .expect("stats")
+        .get(0);
     v.parse().expect("number")
 }
 
@@ -126,7 +140,10 @@ async fn a_client_vanishing_mid_query_stops_its_scan() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let second = messages_read(&client).await;
     assert_eq!(first, second, "the abandoned scan is still reading");
-    assert!(first < total as i64, "the abandoned scan read all {total} messages although its client left after the first row");
+    assert!(
+        first < total as i64,
+        "the abandoned scan read all {total} messages although its client left after the first row"
+    );
     // the server still serves
     let n: i64 = client.query_one("SELECT count(*) FROM tx", &[]).await.expect("still serving").get(0);
     assert_eq!(n, total as i64);
@@ -140,7 +157,15 @@ impl Tansu {
     fn start(bin: &str, dir: &std::path::Path, port: u16) -> Tansu {
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "sqlite://tansu.db",
+            ])
             .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -166,18 +191,28 @@ impl Drop for Tansu {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_gives_errors_within_the_timeout_and_the_server_recovers() {
     let Ok(bin) = std::env::var("KFSQL_TANSU_BIN") else {
-        assert!(std::env::var("KFSQL_REQUIRE_BROKER").is_err(), "KFSQL_REQUIRE_BROKER is set but KFSQL_TANSU_BIN is not");
+        assert!(
+            std::env::var("KFSQL_REQUIRE_BROKER").is_err(),
+            "KFSQL_REQUIRE_BROKER is set but KFSQL_TANSU_BIN is not"
+        );
         eprintln!("skipped: set KFSQL_TANSU_BIN to run the broker outage test");
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
     let broker = Tansu::start(&bin, dir.path(), port);
-    let cluster = std::sync::Arc::new(kfsql::kafka::KafkaCluster::connect(&format!("127.0.0.1:{port}"), Duration::from_secs(2), vec![]).expect("client"));
+    let cluster = std::sync::Arc::new(
+        kfsql::kafka::KafkaCluster::connect(&format!("127.0.0.1:{port}"), Duration::from_secs(2), vec![])
+            .expect("client"),
+    );
     common::topic(&cluster, "outage", 2).await;
     let msgs = (0..100).map(|i| common::Msg::new(&format!("k{i}"), &format!(r#"{{"k":"k{i}","v":{i}}}"#))).collect();
     common::produce(cluster.producer(), "outage", msgs).await;
-    let config = kfsql::EngineConfig { catalog_topic: "_catalog".into(), query_timeout: Duration::from_secs(5), ..Default::default() };
+    let config = kfsql::EngineConfig {
+        catalog_topic: "_catalog".into(),
+        query_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
     let engine = kfsql::Engine::start(cluster.clone(), config).await.expect("engine");
     engine.query("CREATE EXTERNAL TABLE o (k VARCHAR NOT NULL, v BIGINT) STORED AS KAFKA LOCATION 'outage' OPTIONS ('key' 'k')").await.expect("create");
     let (addr, _task) = kfsql::server::start(engine, "127.0.0.1:0").await.expect("server");
@@ -233,14 +268,22 @@ async fn postgres_types_in_binary_and_text() {
     assert_eq!(r.get::<_, chrono::NaiveDate>(7), chrono::NaiveDate::from_ymd_opt(2026, 1, 2).expect("date"));
     assert_eq!(r.get::<_, NaiveDateTime>(8).to_string(), "2026-11-20 12:00:00.500");
     let tz: chrono::DateTime<chrono::Utc> = client
-        .query_one("SELECT arrow_cast(TIMESTAMP '2026-11-20 11:00:00', 'Timestamp(ns, \"+00:00\")')", &[]).await.expect("tz").get(0);
+        .query_one("SELECT arrow_cast(TIMESTAMP '2026-11-20 11:00:00', 'Timestamp(ns, \"+00:00\")')", &[])
+        .await
+        .expect("tz")
+        .get(0);
     assert_eq!(tz.to_rfc3339(), "2026-11-20T11:00:00+00:00");
     // text (simple protocol), including the types without a convenient binary reader here
     let msgs = client
-        .simple_query("SELECT 12.34::numeric(10,2), INTERVAL '1 hour 30 minutes', true, 2.5::double precision, NULL::int")
+        .simple_query(
+            "SELECT 12.34::numeric(10,2), INTERVAL '1 hour 30 minutes', true, 2.5::double precision, NULL::int",
+        )
         .await
         .expect("text row");
-    let row = msgs.iter().find_map(|m| if let tokio_postgres::SimpleQueryMessage::Row(r) = m { Some(r) } else { None }).expect("row");
+    let row = msgs
+        .iter()
+        .find_map(|m| if let tokio_postgres::SimpleQueryMessage::Row(r) = m { Some(r) } else { None })
+        .expect("row");
     assert_eq!(row.get(0), Some("12.34"));
     assert_eq!(row.get(1), Some("01:30:00"));
     assert_eq!(row.get(2), Some("t"));
@@ -255,11 +298,18 @@ async fn statements_past_the_timeout_are_cancelled_with_57014() {
     common::topic(&cluster, &t, 1).await;
     let txns = kfsql::demo::generate(3000, 10, Duration::from_secs(60), chrono::Utc::now(), 1);
     kfsql::demo::produce_transactions(cluster.producer(), &t, &txns).await.expect("produce");
-    let config = kfsql::EngineConfig { catalog_topic: common::unique("catalog"), query_timeout: Duration::from_secs(1), ..Default::default() };
+    let config = kfsql::EngineConfig {
+        catalog_topic: common::unique("catalog"),
+        query_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
     let engine = kfsql::Engine::start(cluster, config).await.expect("engine");
     engine.query(&common::create_table_sql("tx", &t, "")).await.expect("create");
     let start = Instant::now();
-    let err = engine.query("SELECT count(*) FROM tx a, tx b, tx c WHERE a.amount + b.amount + c.amount < 0").await.expect_err("too slow");
+    let err = engine
+        .query("SELECT count(*) FROM tx a, tx b, tx c WHERE a.amount + b.amount + c.amount < 0")
+        .await
+        .expect_err("too slow");
     assert_eq!(err.sqlstate(), "57014", "{err}");
     assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
     assert_eq!(common::scalar(&engine, "SELECT count(*) FROM tx").await, "3000");

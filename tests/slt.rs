@@ -75,7 +75,11 @@ fn main() {
         }
         let (addr, _server) = kfsql::server::start(engine, "127.0.0.1:0").await.expect("server");
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/slt");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).expect("tests/slt").filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "slt")).collect();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .expect("tests/slt")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+            .collect();
         files.sort();
         let mut failures = Vec::new();
         for file in &files {
@@ -83,7 +87,8 @@ fn main() {
             let mut runner = Runner::new(move || {
                 let conn = conn.clone();
                 async move {
-                    let (client, connection) = tokio_postgres::connect(&conn, NoTls).await.map_err(|e| SltError(e.to_string()))?;
+                    let (client, connection) =
+                        tokio_postgres::connect(&conn, NoTls).await.map_err(|e| SltError(e.to_string()))?;
                     tokio::spawn(connection);
                     Ok(Pg { client })
                 }

@@ -17,7 +17,9 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties, collect};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties, collect,
+};
 use futures::TryStreamExt;
 use tokio::sync::OnceCell;
 
@@ -92,8 +94,16 @@ impl AsofJoinExec {
 
 impl DisplayAs for AsofJoinExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let keys: Vec<String> = self.left_keys.iter().zip(&self.right_keys).map(|(l, r)| format!("{l} = {r}")).collect();
-        write!(f, "AsofJoinExec: match=[{} {} {}], on=[{}]", self.left_time, self.op.symbol(), self.right_time, keys.join(", "))?;
+        let keys: Vec<String> =
+            self.left_keys.iter().zip(&self.right_keys).map(|(l, r)| format!("{l} = {r}")).collect();
+        write!(
+            f,
+            "AsofJoinExec: match=[{} {} {}], on=[{}]",
+            self.left_time,
+            self.op.symbol(),
+            self.right_time,
+            keys.join(", ")
+        )?;
         if let Some(t) = self.ttl_nanos {
             write!(f, ", ttl={:?}", std::time::Duration::from_nanos(t.max(0) as u64))?;
         }
@@ -114,7 +124,10 @@ impl ExecutionPlan for AsofJoinExec {
         vec![&self.left, &self.right]
     }
 
-    fn apply_expressions(&self, f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>) -> Result<TreeNodeRecursion> {
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
         for e in self.left_keys.iter().chain(&self.right_keys).chain([&self.left_time, &self.right_time]) {
             if f(e)? == TreeNodeRecursion::Stop {
                 return Ok(TreeNodeRecursion::Stop);
@@ -150,7 +163,9 @@ impl ExecutionPlan for AsofJoinExec {
         let ctx = context.clone();
         let stream = futures::stream::once(async move {
             let idx = index
-                .get_or_try_init(|| async { build_index(right, &right_keys, &right_time, tie, ctx).await.map(Arc::new) })
+                .get_or_try_init(|| async {
+                    build_index(right, &right_keys, &right_time, tie, ctx).await.map(Arc::new)
+                })
                 .await?
                 .clone();
             let schema = schema.clone();
@@ -168,7 +183,9 @@ impl ExecutionPlan for AsofJoinExec {
 fn normalize_key(a: ArrayRef) -> Result<ArrayRef> {
     let target = match a.data_type() {
         DataType::Utf8View | DataType::LargeUtf8 | DataType::Dictionary(_, _) => Some(DataType::Utf8),
-        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => Some(DataType::Int64),
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => {
+            Some(DataType::Int64)
+        }
         _ => None,
     };
     match target {
@@ -180,8 +197,12 @@ fn normalize_key(a: ArrayRef) -> Result<ArrayRef> {
 /// Times as i64: timestamps in nanoseconds, dates in days, integers as they are.
 fn time_values(a: ArrayRef) -> Result<Int64Array> {
     let as_i64 = match a.data_type() {
-        DataType::Timestamp(_, _) => cast(&cast(&a, &DataType::Timestamp(TimeUnit::Nanosecond, None))?, &DataType::Int64)?,
-        DataType::Date32 | DataType::Date64 => cast(&cast(&a, &DataType::Timestamp(TimeUnit::Nanosecond, None))?, &DataType::Int64)?,
+        DataType::Timestamp(_, _) => {
+            cast(&cast(&a, &DataType::Timestamp(TimeUnit::Nanosecond, None))?, &DataType::Int64)?
+        }
+        DataType::Date32 | DataType::Date64 => {
+            cast(&cast(&a, &DataType::Timestamp(TimeUnit::Nanosecond, None))?, &DataType::Int64)?
+        }
         _ => cast(&a, &DataType::Int64)?,
     };
     as_i64
@@ -215,7 +236,8 @@ async fn build_index(
     let converter = RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())?;
     let rows = converter.convert_columns(&key_arrays)?;
     let times = time_values(time.evaluate(&batch)?.into_array(batch.num_rows())?)?;
-    let tie_cols: Vec<Int64Array> = tie.iter().flatten().map(|&i| time_values(batch.column(i).clone())).collect::<Result<_>>()?;
+    let tie_cols: Vec<Int64Array> =
+        tie.iter().flatten().map(|&i| time_values(batch.column(i).clone())).collect::<Result<_>>()?;
     let mut groups: HashMap<Box<[u8]>, Vec<(i64, u32)>> = HashMap::new();
     for i in 0..batch.num_rows() {
         if times.is_null(i) || key_arrays.iter().any(|k| k.is_null(i)) {
@@ -225,7 +247,9 @@ async fn build_index(
     }
     reservation.try_grow(batch.num_rows() * 24 + groups.len() * 64)?;
     let tie_of = |row: u32| -> [i64; 2] {
-        let value = |i: usize| tie_cols.get(i).map_or(i64::MIN, |c| if c.is_null(row as usize) { i64::MIN } else { c.value(row as usize) });
+        let value = |i: usize| {
+            tie_cols.get(i).map_or(i64::MIN, |c| if c.is_null(row as usize) { i64::MIN } else { c.value(row as usize) })
+        };
         [value(0), value(1)]
     };
     for v in groups.values_mut() {
@@ -282,7 +306,8 @@ fn pick(g: &[(i64, u32)], t: i64, op: AsofOp, ttl: Option<i64>) -> Option<u32> {
             (e, t.checked_sub(e.0))
         }
         AsofOp::LtEq | AsofOp::Lt => {
-            let start = if op == AsofOp::LtEq { g.partition_point(|e| e.0 < t) } else { g.partition_point(|e| e.0 <= t) };
+            let start =
+                if op == AsofOp::LtEq { g.partition_point(|e| e.0 < t) } else { g.partition_point(|e| e.0 <= t) };
             let first = g.get(start)?;
             let last_same = g.partition_point(|e| e.0 <= first.0) - 1;
             let e = &g[last_same];

@@ -109,10 +109,16 @@ impl UserDefinedLogicalNodeCore for AsofJoin {
     }
 
     fn with_exprs_and_inputs(&self, mut exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
-        let right = inputs.pop().ok_or_else(|| datafusion::error::DataFusionError::Internal("AsofJoin needs two inputs".into()))?;
-        let left = inputs.pop().ok_or_else(|| datafusion::error::DataFusionError::Internal("AsofJoin needs two inputs".into()))?;
-        let right_time = exprs.pop().ok_or_else(|| datafusion::error::DataFusionError::Internal("AsofJoin expressions".into()))?;
-        let left_time = exprs.pop().ok_or_else(|| datafusion::error::DataFusionError::Internal("AsofJoin expressions".into()))?;
+        let right = inputs
+            .pop()
+            .ok_or_else(|| datafusion::error::DataFusionError::Internal("AsofJoin needs two inputs".into()))?;
+        let left = inputs
+            .pop()
+            .ok_or_else(|| datafusion::error::DataFusionError::Internal("AsofJoin needs two inputs".into()))?;
+        let right_time =
+            exprs.pop().ok_or_else(|| datafusion::error::DataFusionError::Internal("AsofJoin expressions".into()))?;
+        let left_time =
+            exprs.pop().ok_or_else(|| datafusion::error::DataFusionError::Internal("AsofJoin expressions".into()))?;
         let on = exprs.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0].clone(), c[1].clone())).collect();
         AsofJoin::try_new(left, right, on, left_time, right_time, self.op, self.ttl_nanos)
     }

@@ -11,13 +11,17 @@ use datafusion::common::{Column, DFSchema, Result, plan_err};
 use datafusion::datasource::source_as_provider;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::QueryPlanner;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::planner::{PlannedRelation, RelationPlanner, RelationPlannerContext, RelationPlanning};
 use datafusion::logical_expr::utils::split_conjunction_owned;
-use datafusion::logical_expr::{BinaryExpr, Expr, Extension, JoinType, LogicalPlan, LogicalPlanBuilder, Operator, UserDefinedLogicalNode};
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, Extension, JoinType, LogicalPlan, LogicalPlanBuilder, Operator, UserDefinedLogicalNode,
+};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
-use datafusion::sql::sqlparser::ast::{Join, JoinConstraint, JoinOperator, Query, SetExpr, Statement, TableFactor, TableWithJoins, VisitMut, VisitorMut};
+use datafusion::sql::sqlparser::ast::{
+    Join, JoinConstraint, JoinOperator, Query, SetExpr, Statement, TableFactor, TableWithJoins, VisitMut, VisitorMut,
+};
 
 use super::exec::AsofJoinExec;
 use super::node::{AsofJoin, AsofOp};
@@ -42,7 +46,10 @@ fn wrap_set_expr(body: &mut SetExpr) {
             for item in select.from.iter_mut().filter(|t| has_asof(t)) {
                 let placeholder = TableWithJoins { relation: item.relation.clone(), joins: vec![] };
                 let inner = std::mem::replace(item, placeholder);
-                *item = TableWithJoins { relation: TableFactor::NestedJoin { table_with_joins: Box::new(inner), alias: None }, joins: vec![] };
+                *item = TableWithJoins {
+                    relation: TableFactor::NestedJoin { table_with_joins: Box::new(inner), alias: None },
+                    joins: vec![],
+                };
             }
         }
         SetExpr::SetOperation { left, right, .. } => {
@@ -75,7 +82,9 @@ impl RelationPlanner for AsofRelationPlanner {
             let ttl = ttl_of(&relation, ctx);
             let right = ctx.plan(relation)?;
             plan = match join_operator {
-                JoinOperator::AsOf { match_condition, constraint } => plan_asof(plan, right, match_condition, constraint, ttl, ctx)?,
+                JoinOperator::AsOf { match_condition, constraint } => {
+                    plan_asof(plan, right, match_condition, constraint, ttl, ctx)?
+                }
                 JoinOperator::Inner(c) | JoinOperator::Join(c) => plan_join(plan, right, JoinType::Inner, c, ctx)?,
                 JoinOperator::Left(c) | JoinOperator::LeftOuter(c) => plan_join(plan, right, JoinType::Left, c, ctx)?,
                 JoinOperator::CrossJoin(_) => LogicalPlanBuilder::from(plan).cross_join(right)?.build()?,
@@ -97,7 +106,13 @@ fn ttl_of(relation: &TableFactor, ctx: &mut dyn RelationPlannerContext) -> Optio
     kafka.options().ttl.and_then(|d| i64::try_from(d.as_nanos()).ok())
 }
 
-fn plan_join(left: LogicalPlan, right: LogicalPlan, join_type: JoinType, c: JoinConstraint, ctx: &mut dyn RelationPlannerContext) -> Result<LogicalPlan> {
+fn plan_join(
+    left: LogicalPlan,
+    right: LogicalPlan,
+    join_type: JoinType,
+    c: JoinConstraint,
+    ctx: &mut dyn RelationPlannerContext,
+) -> Result<LogicalPlan> {
     let builder = LogicalPlanBuilder::from(left.clone());
     match c {
         JoinConstraint::On(expr) => {
@@ -148,7 +163,9 @@ fn plan_asof(
             Some(op) => (*b, op, *a),
             None => return plan_err!("MATCH_CONDITION operator {op} cannot be mirrored"),
         },
-        _ => return plan_err!("MATCH_CONDITION must compare a column of the left side with a column of the right side"),
+        _ => {
+            return plan_err!("MATCH_CONDITION must compare a column of the left side with a column of the right side");
+        }
     };
     let Some(op) = AsofOp::from_operator(op) else {
         return plan_err!("MATCH_CONDITION must use >=, >, <= or <, not {op}");
@@ -164,7 +181,11 @@ fn plan_asof(
                 match (side(&a, &ls, &rs), side(&b, &ls, &rs)) {
                     (Some(true), Some(false)) => pairs.push((*a, *b)),
                     (Some(false), Some(true)) => pairs.push((*b, *a)),
-                    _ => return plan_err!("each ON equality of an ASOF join must compare a left column with a right column"),
+                    _ => {
+                        return plan_err!(
+                            "each ON equality of an ASOF join must compare a left column with a right column"
+                        );
+                    }
                 }
             }
             pairs
@@ -173,8 +194,12 @@ fn plan_asof(
             .iter()
             .map(|n| {
                 let name = n.to_string();
-                let l = ls.qualified_field_with_unqualified_name(&name).map(|(q, f)| Expr::Column(Column::new(q.cloned(), f.name())))?;
-                let r = rs.qualified_field_with_unqualified_name(&name).map(|(q, f)| Expr::Column(Column::new(q.cloned(), f.name())))?;
+                let l = ls
+                    .qualified_field_with_unqualified_name(&name)
+                    .map(|(q, f)| Expr::Column(Column::new(q.cloned(), f.name())))?;
+                let r = rs
+                    .qualified_field_with_unqualified_name(&name)
+                    .map(|(q, f)| Expr::Column(Column::new(q.cloned(), f.name())))?;
                 Ok((l, r))
             })
             .collect::<Result<Vec<_>>>()?,
@@ -191,8 +216,14 @@ pub struct AsofQueryPlanner;
 
 #[async_trait]
 impl QueryPlanner for AsofQueryPlanner {
-    async fn create_physical_plan(&self, logical_plan: &LogicalPlan, session: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(AsofExtensionPlanner)]).create_physical_plan(logical_plan, session).await
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(AsofExtensionPlanner)])
+            .create_physical_plan(logical_plan, session)
+            .await
     }
 }
 
@@ -210,8 +241,12 @@ impl ExtensionPlanner for AsofExtensionPlanner {
         planning_ctx: &PhysicalPlanningContext,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
         let Some(join) = node.as_any().downcast_ref::<AsofJoin>() else { return Ok(None) };
-        let [left_l, right_l] = logical_inputs else { return Err(DataFusionError::Internal("AsofJoin has two inputs".into())) };
-        let [left, right] = physical_inputs else { return Err(DataFusionError::Internal("AsofJoin has two inputs".into())) };
+        let [left_l, right_l] = logical_inputs else {
+            return Err(DataFusionError::Internal("AsofJoin has two inputs".into()));
+        };
+        let [left, right] = physical_inputs else {
+            return Err(DataFusionError::Internal("AsofJoin has two inputs".into()));
+        };
         let phys = |e: &Expr, s: &DFSchema| planner.create_physical_expr(e, s, session, planning_ctx);
         let left_keys = join.on.iter().map(|(l, _)| phys(l, left_l.schema())).collect::<Result<Vec<_>>>()?;
         let right_keys = join.on.iter().map(|(_, r)| phys(r, right_l.schema())).collect::<Result<Vec<_>>>()?;

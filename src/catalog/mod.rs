@@ -49,7 +49,10 @@ impl CatalogStore {
         let deadline = Instant::now() + self.cluster.timeout();
         while !self.cluster.topic_exists(&self.topic).await? {
             if Instant::now() > deadline {
-                return Err(KfsqlError::Kafka(format!("catalog topic '{}' was created but does not show up in metadata", self.topic)));
+                return Err(KfsqlError::Kafka(format!(
+                    "catalog topic '{}' was created but does not show up in metadata",
+                    self.topic
+                )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -84,7 +87,9 @@ impl CatalogStore {
                     Some(Err(KafkaError::PartitionEOF(_))) => return Ok(out),
                     Some(Err(e)) => return Err(KfsqlError::Kafka(format!("reading catalog topic '{topic}': {e}"))),
                     None if last.elapsed() > timeout => {
-                        return Err(KfsqlError::Kafka(format!("reading catalog topic '{topic}' stalled for {timeout:?}")));
+                        return Err(KfsqlError::Kafka(format!(
+                            "reading catalog topic '{topic}' stalled for {timeout:?}"
+                        )));
                     }
                     None => {}
                 }
@@ -165,7 +170,8 @@ impl CatalogStore {
             .create_with_context(KfsqlContext)
             .map_err(|e| KfsqlError::Kafka(format!("cannot create a catalog consumer: {e}")))?;
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, 0, Offset::Offset(offset)).map_err(|e| KfsqlError::Kafka(e.to_string()))?;
+        tpl.add_partition_offset(&self.topic, 0, Offset::Offset(offset))
+            .map_err(|e| KfsqlError::Kafka(e.to_string()))?;
         consumer.assign(&tpl).map_err(|e| KfsqlError::Kafka(e.to_string()))?;
         Ok(consumer)
     }

@@ -48,13 +48,7 @@ pub struct BadMessage {
 impl JsonDecoder {
     /// `schema` is the declared payload schema (its nullability is the NOT NULL contract).
     pub fn new(schema: &Schema, policy: BadMessagePolicy) -> Self {
-        let not_null = schema
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| !f.is_nullable())
-            .map(|(i, _)| i)
-            .collect();
+        let not_null = schema.fields().iter().enumerate().filter(|(_, f)| !f.is_nullable()).map(|(i, _)| i).collect();
         let fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
         Self { decode_schema: Arc::new(Schema::new(fields)), not_null, policy }
     }
@@ -62,9 +56,7 @@ impl JsonDecoder {
     /// The schema rows come out in: all nullable under `null`, the declared one otherwise.
     pub fn output_schema(declared: &Schema, policy: BadMessagePolicy) -> Schema {
         if policy == BadMessagePolicy::Null {
-            Schema::new(
-                declared.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
-            )
+            Schema::new(declared.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>())
         } else {
             declared.clone()
         }
@@ -95,7 +87,10 @@ impl JsonDecoder {
         }
         let batch = self
             .try_decode_all(payloads.iter().zip(&bad).map(|(p, b)| if *b { &b"{}"[..] } else { p.as_ref() }))
-            .ok_or_else(|| BadMessage { index: 0, reason: "batch failed to decode after removing bad messages".into() })?;
+            .ok_or_else(|| BadMessage {
+                index: 0,
+                reason: "batch failed to decode after removing bad messages".into(),
+            })?;
         self.finish(payloads, batch, bad, false)
     }
 
@@ -120,7 +115,10 @@ impl JsonDecoder {
                     if self.policy == BadMessagePolicy::Fail {
                         return Err(BadMessage {
                             index: row,
-                            reason: format!("column '{}' is declared NOT NULL but the message has no value for it", batch.schema().field(c).name()),
+                            reason: format!(
+                                "column '{}' is declared NOT NULL but the message has no value for it",
+                                batch.schema().field(c).name()
+                            ),
                         });
                     }
                 }
@@ -137,15 +135,17 @@ impl JsonDecoder {
                 if null_violations {
                     // Blank whole rows, not just the missing column: a bad message contributes no payload values.
                     batch = self
-                        .try_decode_all(payloads.iter().zip(&bad).map(|(p, b)| if *b { &b"{}"[..] } else { p.as_ref() }))
+                        .try_decode_all(
+                            payloads.iter().zip(&bad).map(|(p, b)| if *b { &b"{}"[..] } else { p.as_ref() }),
+                        )
                         .ok_or_else(|| BadMessage { index: 0, reason: "batch failed to decode".into() })?;
                 }
                 Ok(Decoded { batch, keep: None, bad: bad_count, fast_path })
             }
             BadMessagePolicy::Skip => {
                 let keep = BooleanArray::from(bad.iter().map(|b| !*b).collect::<Vec<bool>>());
-                let batch = filter_record_batch(&batch, &keep)
-                    .map_err(|e| BadMessage { index: 0, reason: e.to_string() })?;
+                let batch =
+                    filter_record_batch(&batch, &keep).map_err(|e| BadMessage { index: 0, reason: e.to_string() })?;
                 Ok(Decoded { batch, keep: Some(keep), bad: bad_count, fast_path })
             }
         }
@@ -178,9 +178,7 @@ impl JsonDecoder {
         if trimmed.first() != Some(&b'{') {
             return Err(format!("not a JSON object: {}", preview(payload)));
         }
-        let mut decoder = ReaderBuilder::new(self.decode_schema.clone())
-            .build_decoder()
-            .map_err(|e| e.to_string())?;
+        let mut decoder = ReaderBuilder::new(self.decode_schema.clone()).build_decoder().map_err(|e| e.to_string())?;
         let used = decoder.decode(payload).map_err(|e| describe(e, payload))?;
         if used != payload.len() || decoder.len() != 1 {
             return Err(format!("expected exactly one JSON object: {}", preview(payload)));
@@ -251,7 +249,10 @@ mod tests {
         assert_eq!(out.bad, 5);
         assert_eq!(out.batch.num_rows(), 2);
         let keep = out.keep.unwrap();
-        assert_eq!(keep.iter().map(|b| b.unwrap()).collect::<Vec<_>>(), vec![true, false, false, false, false, false, true]);
+        assert_eq!(
+            keep.iter().map(|b| b.unwrap()).collect::<Vec<_>>(),
+            vec![true, false, false, false, false, false, true]
+        );
         let ids = out.batch.column(0).as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!((ids.value(0), ids.value(1)), ("u1", "u2"));
     }

@@ -20,7 +20,8 @@ unsafe impl Sync for EmbeddedCluster {}
 
 impl EmbeddedCluster {
     pub fn start(brokers: i32) -> Result<Self> {
-        let inner = MockCluster::new(brokers).map_err(|e| KfsqlError::Kafka(format!("cannot start the embedded Kafka: {e}")))?;
+        let inner = MockCluster::new(brokers)
+            .map_err(|e| KfsqlError::Kafka(format!("cannot start the embedded Kafka: {e}")))?;
         Ok(Self { inner })
     }
 

@@ -61,7 +61,10 @@ pub struct KafkaCluster {
 
 impl std::fmt::Debug for KafkaCluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaCluster").field("bootstrap", &self.bootstrap).field("embedded", &self.embedded.is_some()).finish()
+        f.debug_struct("KafkaCluster")
+            .field("bootstrap", &self.bootstrap)
+            .field("embedded", &self.embedded.is_some())
+            .finish()
     }
 }
 
@@ -77,7 +80,12 @@ impl KafkaCluster {
         Self::build(mock.bootstrap_servers(), timeout, Vec::new(), Some(mock))
     }
 
-    fn build(bootstrap: String, timeout: Duration, extra: Vec<(String, String)>, embedded: Option<EmbeddedCluster>) -> Result<Self> {
+    fn build(
+        bootstrap: String,
+        timeout: Duration,
+        extra: Vec<(String, String)>,
+        embedded: Option<EmbeddedCluster>,
+    ) -> Result<Self> {
         let mut base = ClientConfig::new();
         base.set("bootstrap.servers", &bootstrap).set("client.id", "kfsql");
         for (k, v) in &extra {
@@ -170,11 +178,13 @@ impl KafkaCluster {
             .ok_or_else(|| KfsqlError::InvalidParameter(format!("Kafka topic '{topic}' does not exist")))?;
         if let Some(err) = t.error() {
             let code = RDKafkaErrorCode::from(err);
-            return Err(if code == RDKafkaErrorCode::UnknownTopicOrPartition || code == RDKafkaErrorCode::UnknownTopic {
-                KfsqlError::InvalidParameter(format!("Kafka topic '{topic}' does not exist (create it first)"))
-            } else {
-                KfsqlError::Kafka(format!("metadata for topic '{topic}': {code}"))
-            });
+            return Err(
+                if code == RDKafkaErrorCode::UnknownTopicOrPartition || code == RDKafkaErrorCode::UnknownTopic {
+                    KfsqlError::InvalidParameter(format!("Kafka topic '{topic}' does not exist (create it first)"))
+                } else {
+                    KfsqlError::Kafka(format!("metadata for topic '{topic}': {code}"))
+                },
+            );
         }
         if t.partitions().is_empty() {
             return Err(KfsqlError::InvalidParameter(format!("Kafka topic '{topic}' does not exist (no partitions)")));
@@ -195,14 +205,22 @@ impl KafkaCluster {
     pub async fn watermarks(&self, topic: &str, partitions: &[i32]) -> Result<Vec<Watermarks>> {
         let (topic, partitions) = (topic.to_string(), partitions.to_vec());
         self.on_metadata_client(move |md, timeout| {
-            partitions.iter().map(|&p| md.fetch_watermarks(&topic, p, timeout).map(|(low, high)| Watermarks { low, high })).collect()
+            partitions
+                .iter()
+                .map(|&p| md.fetch_watermarks(&topic, p, timeout).map(|(low, high)| Watermarks { low, high }))
+                .collect()
         })
         .await
     }
 
     /// For each partition, the earliest offset whose timestamp is >= `timestamp_ms`, or None when there is none.
     /// The broker's answer is not trusted blindly: callers clamp it to the partition's watermarks.
-    pub async fn offsets_for_time(&self, topic: &str, partitions: &[i32], timestamp_ms: i64) -> Result<Vec<Option<i64>>> {
+    pub async fn offsets_for_time(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        timestamp_ms: i64,
+    ) -> Result<Vec<Option<i64>>> {
         let (topic, partitions) = (topic.to_string(), partitions.to_vec());
         self.on_metadata_client(move |md, timeout| {
             let mut tpl = TopicPartitionList::new();
@@ -240,7 +258,12 @@ impl KafkaCluster {
         let opts = AdminOptions::new().operation_timeout(Some(self.timeout)).request_timeout(Some(self.timeout));
         let res = tokio::time::timeout(self.timeout + Duration::from_secs(1), admin.create_topics([&new], &opts))
             .await
-            .map_err(|_| KfsqlError::Kafka(format!("creating topic '{topic}' timed out after {:?} (brokers {})", self.timeout, self.bootstrap)))?
+            .map_err(|_| {
+                KfsqlError::Kafka(format!(
+                    "creating topic '{topic}' timed out after {:?} (brokers {})",
+                    self.timeout, self.bootstrap
+                ))
+            })?
             .map_err(|e| unreachable_err(&self.bootstrap, self.timeout, e))?;
         for r in res {
             match r {
@@ -255,9 +278,11 @@ impl KafkaCluster {
 
 fn unreachable_err(bootstrap: &str, timeout: Duration, e: KafkaError) -> KfsqlError {
     match e.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::OperationTimedOut) | Some(RDKafkaErrorCode::AllBrokersDown) | Some(RDKafkaErrorCode::BrokerTransportFailure) => {
-            KfsqlError::Kafka(format!("Kafka brokers at {bootstrap} did not answer within {timeout:?} ({e}); check that they are up and reachable"))
-        }
+        Some(RDKafkaErrorCode::OperationTimedOut)
+        | Some(RDKafkaErrorCode::AllBrokersDown)
+        | Some(RDKafkaErrorCode::BrokerTransportFailure) => KfsqlError::Kafka(format!(
+            "Kafka brokers at {bootstrap} did not answer within {timeout:?} ({e}); check that they are up and reachable"
+        )),
         _ => KfsqlError::Kafka(format!("{e} (brokers {bootstrap})")),
     }
 }

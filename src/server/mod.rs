@@ -99,7 +99,10 @@ pub async fn serve(engine: Engine, listener: TcpListener) -> std::io::Result<()>
 }
 
 /// Bind `addr` and serve; returns the bound address (useful with port 0) and the serving task.
-pub async fn start(engine: Engine, addr: &str) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+pub async fn start(
+    engine: Engine,
+    addr: &str,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     Ok((local, tokio::spawn(serve(engine, listener))))
@@ -124,7 +127,13 @@ impl PgWireServerHandlers for ServerHandlers {
 
 impl Handlers {
     /// Run one statement for a client and turn the result into a pgwire response.
-    async fn run<C>(&self, client: &mut C, stmt: DFStatement, plan: Option<LogicalPlan>, format: &Format) -> PgWireResult<Response>
+    async fn run<C>(
+        &self,
+        client: &mut C,
+        stmt: DFStatement,
+        plan: Option<LogicalPlan>,
+        format: &Format,
+    ) -> PgWireResult<Response>
     where
         C: ClientInfo + Send + Sync,
     {
@@ -159,7 +168,11 @@ impl Handlers {
                 Ok(Response::Query(QueryResponse::new(fields, rows)))
             }
             Output::Command { tag, rows } => {
-                let mut t = if is_insert || tag.starts_with("INSERT") { Tag::new("INSERT").with_oid(0) } else { Tag::new(&tag) };
+                let mut t = if is_insert || tag.starts_with("INSERT") {
+                    Tag::new("INSERT").with_oid(0)
+                } else {
+                    Tag::new(&tag)
+                };
                 if let Some(n) = rows {
                     t = t.with_rows(n);
                 }
@@ -168,7 +181,12 @@ impl Handlers {
         }
     }
 
-    fn session_command(&self, metadata: &mut HashMap<String, String>, cmd: SessionCommand, format: &Format) -> Response {
+    fn session_command(
+        &self,
+        metadata: &mut HashMap<String, String>,
+        cmd: SessionCommand,
+        format: &Format,
+    ) -> Response {
         match cmd {
             SessionCommand::Set { name, value } => {
                 session::set(metadata, &name, &value);
@@ -267,7 +285,13 @@ impl QueryParser for KfsqlParser {
             }
             None => Ok(match stmt.statement.as_ref().and_then(session::classify) {
                 Some(SessionCommand::Show(name)) => {
-                    vec![FieldInfo::new(name, None, None, Type::TEXT, format.map(|f| f.format_for(0)).unwrap_or(FieldFormat::Text))]
+                    vec![FieldInfo::new(
+                        name,
+                        None,
+                        None,
+                        Type::TEXT,
+                        format.map(|f| f.format_for(0)).unwrap_or(FieldFormat::Text),
+                    )]
                 }
                 _ => Vec::new(),
             }),

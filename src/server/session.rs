@@ -35,7 +35,10 @@ pub const DEFAULTS: &[(&str, &str)] = &[
 /// What a session statement does.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SessionCommand {
-    Set { name: String, value: String },
+    Set {
+        name: String,
+        value: String,
+    },
     Show(String),
     Reset(String),
     Begin,
@@ -59,11 +62,15 @@ pub fn classify(stmt: &DFStatement) -> Option<SessionCommand> {
             let value = values.iter().map(value_text).collect::<Vec<_>>().join(", ");
             Some(SessionCommand::Set { name, value })
         }
-        Statement::Set(Set::SetTimeZone { value, .. }) => Some(SessionCommand::Set { name: "timezone".into(), value: value_text(value) }),
-        Statement::Set(Set::SetNames { charset_name, .. }) => Some(SessionCommand::Set { name: "client_encoding".into(), value: charset_name.to_string() }),
-        Statement::Set(Set::SetTransaction { .. }) | Statement::Set(Set::SetSessionParam(_)) | Statement::Set(Set::SetRole { .. }) => {
-            Some(SessionCommand::NoOp("SET"))
+        Statement::Set(Set::SetTimeZone { value, .. }) => {
+            Some(SessionCommand::Set { name: "timezone".into(), value: value_text(value) })
         }
+        Statement::Set(Set::SetNames { charset_name, .. }) => {
+            Some(SessionCommand::Set { name: "client_encoding".into(), value: charset_name.to_string() })
+        }
+        Statement::Set(Set::SetTransaction { .. })
+        | Statement::Set(Set::SetSessionParam(_))
+        | Statement::Set(Set::SetRole { .. }) => Some(SessionCommand::NoOp("SET")),
         Statement::ShowVariable { variable } => {
             let name = normalize(&variable.iter().map(|i| i.value.clone()).collect::<Vec<_>>().join(" "));
             if name.starts_with("datafusion.") {
@@ -133,10 +140,19 @@ mod tests {
 
     #[test]
     fn recognises_client_session_statements() {
-        assert_eq!(cmd("SET extra_float_digits = 3"), Some(SessionCommand::Set { name: "extra_float_digits".into(), value: "3".into() }));
-        assert_eq!(cmd("SET application_name = 'PostgreSQL JDBC Driver'"), Some(SessionCommand::Set { name: "application_name".into(), value: "PostgreSQL JDBC Driver".into() }));
+        assert_eq!(
+            cmd("SET extra_float_digits = 3"),
+            Some(SessionCommand::Set { name: "extra_float_digits".into(), value: "3".into() })
+        );
+        assert_eq!(
+            cmd("SET application_name = 'PostgreSQL JDBC Driver'"),
+            Some(SessionCommand::Set { name: "application_name".into(), value: "PostgreSQL JDBC Driver".into() })
+        );
         assert_eq!(cmd("SHOW transaction isolation level"), Some(SessionCommand::Show("transaction_isolation".into())));
-        assert_eq!(cmd("show standard_conforming_strings"), Some(SessionCommand::Show("standard_conforming_strings".into())));
+        assert_eq!(
+            cmd("show standard_conforming_strings"),
+            Some(SessionCommand::Show("standard_conforming_strings".into()))
+        );
         assert_eq!(cmd("BEGIN"), Some(SessionCommand::Begin));
         assert_eq!(cmd("COMMIT"), Some(SessionCommand::Commit));
         assert_eq!(cmd("ROLLBACK"), Some(SessionCommand::Rollback));

@@ -50,7 +50,9 @@ impl VisitorMut for Rewriter {
                 self.changed = true;
                 ControlFlow::Continue(())
             }
-            None => ControlFlow::Break(KfsqlError::Syntax(format!("cannot apply FOR SYSTEM_TIME AS OF {at} to {name}"))),
+            None => {
+                ControlFlow::Break(KfsqlError::Syntax(format!("cannot apply FOR SYSTEM_TIME AS OF {at} to {name}")))
+            }
         }
     }
 }

@@ -24,7 +24,8 @@ pub const META_KEY: &str = "_key";
 pub const META_COLUMNS: [&str; 4] = [META_PARTITION, META_OFFSET, META_TIMESTAMP, META_KEY];
 
 /// The option names a Kafka table accepts.
-pub const KNOWN_OPTIONS: [&str; 8] = ["format", "key", "event_time", "partitioner", "bad_messages", "ttl", "online", "key_format"];
+pub const KNOWN_OPTIONS: [&str; 8] =
+    ["format", "key", "event_time", "partitioner", "bad_messages", "ttl", "online", "key_format"];
 
 /// A declared column, as persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,7 +80,10 @@ impl TableOptions {
                 "key" => out.key = Some(column_named(payload, v, "key")?),
                 "event_time" => {
                     let col = column_named(payload, v, "event_time")?;
-                    let dt = payload.field_with_name(&col).map(|f| f.data_type().clone()).map_err(|e| invalid(e.to_string()))?;
+                    let dt = payload
+                        .field_with_name(&col)
+                        .map(|f| f.data_type().clone())
+                        .map_err(|e| invalid(e.to_string()))?;
                     if !matches!(dt, DataType::Timestamp(_, _)) {
                         return Err(invalid(format!("event_time column '{col}' must be a TIMESTAMP, not {dt}")));
                     }
@@ -88,7 +92,8 @@ impl TableOptions {
                 "partitioner" => out.partitioner = Partitioner::from_str(v).map_err(invalid)?,
                 "bad_messages" => out.bad_messages = BadMessagePolicy::from_str(v).map_err(invalid)?,
                 "ttl" => {
-                    let d = humantime::parse_duration(v.trim()).map_err(|e| invalid(format!("'{v}' is not a duration like '2 hours' ({e})")))?;
+                    let d = humantime::parse_duration(v.trim())
+                        .map_err(|e| invalid(format!("'{v}' is not a duration like '2 hours' ({e})")))?;
                     out.ttl = Some(d);
                 }
                 "online" => {
@@ -100,7 +105,9 @@ impl TableOptions {
                 }
                 "key_format" => {
                     if !v.eq_ignore_ascii_case("string") {
-                        return Err(invalid(format!("key_format '{v}' is not supported: only 'string' (the key column as UTF-8 text)")));
+                        return Err(invalid(format!(
+                            "key_format '{v}' is not supported: only 'string' (the key column as UTF-8 text)"
+                        )));
                     }
                 }
                 other => {
@@ -159,7 +166,11 @@ impl TableDefinition {
         let columns = payload
             .fields()
             .iter()
-            .map(|f| ColumnDef { name: f.name().clone(), data_type: f.data_type().to_string(), nullable: f.is_nullable() })
+            .map(|f| ColumnDef {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+                nullable: f.is_nullable(),
+            })
             .collect();
         Ok(Self { version: DEFINITION_VERSION, name: name.to_string(), topic: topic.to_string(), columns, options })
     }
@@ -170,9 +181,12 @@ impl TableDefinition {
             .columns
             .iter()
             .map(|c| {
-                DataType::from_str(&c.data_type)
-                    .map(|dt| Field::new(&c.name, dt, c.nullable))
-                    .map_err(|e| KfsqlError::Internal(format!("table '{}': column '{}' has unreadable type '{}': {e}", self.name, c.name, c.data_type)))
+                DataType::from_str(&c.data_type).map(|dt| Field::new(&c.name, dt, c.nullable)).map_err(|e| {
+                    KfsqlError::Internal(format!(
+                        "table '{}': column '{}' has unreadable type '{}': {e}",
+                        self.name, c.name, c.data_type
+                    ))
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Schema::new(fields))
@@ -187,8 +201,8 @@ impl TableDefinition {
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
-        let def: TableDefinition =
-            serde_json::from_slice(bytes).map_err(|e| KfsqlError::Internal(format!("unreadable catalog entry: {e}")))?;
+        let def: TableDefinition = serde_json::from_slice(bytes)
+            .map_err(|e| KfsqlError::Internal(format!("unreadable catalog entry: {e}")))?;
         if def.version > DEFINITION_VERSION {
             return Err(KfsqlError::Internal(format!(
                 "catalog entry '{}' has format version {} but this kfsql reads up to {DEFINITION_VERSION}: upgrade kfsql",
@@ -238,7 +252,12 @@ mod tests {
             "transactions",
             "transactions",
             &payload(),
-            opts(&[("format.format", "json"), ("format.key", "user_id"), ("format.event_time", "event_time"), ("format.ttl", "2 hours")]),
+            opts(&[
+                ("format.format", "json"),
+                ("format.key", "user_id"),
+                ("format.event_time", "event_time"),
+                ("format.ttl", "2 hours"),
+            ]),
         )
         .unwrap();
         assert_eq!(def.options.get("key").map(String::as_str), Some("user_id"));
@@ -263,7 +282,9 @@ mod tests {
         assert!(err(&[("ttl", "soon")]).contains("not a duration"));
         assert!(err(&[("online", "true")]).contains("needs a 'key'"));
         let reserved = Schema::new(vec![Field::new("_offset", DataType::Int64, true)]);
-        assert!(TableDefinition::new("t", "t", &reserved, BTreeMap::new()).unwrap_err().to_string().contains("reserved"));
+        assert!(
+            TableDefinition::new("t", "t", &reserved, BTreeMap::new()).unwrap_err().to_string().contains("reserved")
+        );
     }
 
     #[test]

@@ -53,7 +53,9 @@ impl KafkaTableFactory {
             return Err(KfsqlError::InvalidParameter("LOCATION must name exactly one Kafka topic".into()));
         }
         if !cmd.table_partition_cols.is_empty() {
-            return Err(KfsqlError::Unsupported("PARTITIONED BY on a Kafka table (Kafka partitions are exposed as _partition)".into()));
+            return Err(KfsqlError::Unsupported(
+                "PARTITIONED BY on a Kafka table (Kafka partitions are exposed as _partition)".into(),
+            ));
         }
         let payload = cmd.schema.as_arrow().clone();
         let options: BTreeMap<String, String> = cmd.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect();

@@ -34,7 +34,12 @@ pub struct KafkaTable {
 }
 
 impl KafkaTable {
-    pub fn new(def: TableDefinition, cluster: Arc<KafkaCluster>, stats: Arc<TableStats>, stall_timeout: Duration) -> Result<Self> {
+    pub fn new(
+        def: TableDefinition,
+        cluster: Arc<KafkaCluster>,
+        stats: Arc<TableStats>,
+        stall_timeout: Duration,
+    ) -> Result<Self> {
         let declared = def.payload_schema()?;
         let options = TableOptions::parse(&def.options, &declared)?;
         let decoder = JsonDecoder::new(&declared, options.bad_messages);
@@ -71,7 +76,8 @@ impl KafkaTable {
         if let Some(keys) = &bounds.keys
             && self.options.partitioner != Partitioner::None
         {
-            let routed: BTreeSet<i32> = keys.iter().filter_map(|k| self.options.partitioner.partition_for(k.as_bytes(), count)).collect();
+            let routed: BTreeSet<i32> =
+                keys.iter().filter_map(|k| self.options.partitioner.partition_for(k.as_bytes(), count)).collect();
             parts = parts.intersection(&routed).copied().collect();
             notes.push(format!("{} key(s) → partition(s) {routed:?} by {}", keys.len(), self.options.partitioner));
         }
@@ -122,7 +128,6 @@ impl KafkaTable {
 
 #[async_trait]
 impl TableProvider for KafkaTable {
-
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
@@ -135,7 +140,13 @@ impl TableProvider for KafkaTable {
         let key = self.options.key.as_deref();
         Ok(filters
             .iter()
-            .map(|f| if pushdown::is_supported(f, key) { TableProviderFilterPushDown::Inexact } else { TableProviderFilterPushDown::Unsupported })
+            .map(|f| {
+                if pushdown::is_supported(f, key) {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
             .collect())
     }
 

@@ -80,7 +80,9 @@ fn classify(expr: &Expr, key_column: Option<&str>) -> Option<Vec<Constraint>> {
         // `k = a OR k = b` (how small IN lists arrive): the union of the two sets.
         Expr::BinaryExpr(BinaryExpr { left, op: Operator::Or, right }) => {
             match (classify(left, key_column)?.as_slice(), classify(right, key_column)?.as_slice()) {
-                ([Constraint::Keys(a)], [Constraint::Keys(b)]) => Some(vec![Constraint::Keys(a.union(b).cloned().collect())]),
+                ([Constraint::Keys(a)], [Constraint::Keys(b)]) => {
+                    Some(vec![Constraint::Keys(a.union(b).cloned().collect())])
+                }
                 ([Constraint::Partitions(a)], [Constraint::Partitions(b)]) => {
                     Some(vec![Constraint::Partitions(a.union(b).copied().collect())])
                 }
@@ -106,11 +108,9 @@ fn classify(expr: &Expr, key_column: Option<&str>) -> Option<Vec<Constraint>> {
 
 fn constraint(col: &str, op: Operator, values: &[ScalarValue], key_column: Option<&str>) -> Option<Vec<Constraint>> {
     match col {
-        META_PARTITION if op == Operator::Eq => {
-            Some(vec![Constraint::Partitions(
-                values.iter().map(|v| as_i64(v).and_then(|x| i32::try_from(x).ok())).collect::<Option<_>>()?,
-            )])
-        }
+        META_PARTITION if op == Operator::Eq => Some(vec![Constraint::Partitions(
+            values.iter().map(|v| as_i64(v).and_then(|x| i32::try_from(x).ok())).collect::<Option<_>>()?,
+        )]),
         META_OFFSET if values.len() == 1 => {
             let v = as_i64(&values[0])?;
             match op {
@@ -168,7 +168,9 @@ fn as_i64(v: &ScalarValue) -> Option<i64> {
 
 fn key_text(v: &ScalarValue) -> Option<String> {
     match v {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => Some(s.clone()),
+        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
+            Some(s.clone())
+        }
         ScalarValue::Int8(Some(_))
         | ScalarValue::Int16(Some(_))
         | ScalarValue::Int32(Some(_))

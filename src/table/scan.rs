@@ -7,7 +7,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, RecordBatchOptions, StringBuilder, TimestampNanosecondArray};
+use datafusion::arrow::array::{
+    ArrayRef, Int32Array, Int64Array, RecordBatch, RecordBatchOptions, StringBuilder, TimestampNanosecondArray,
+};
 use datafusion::arrow::compute::filter;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -139,7 +141,10 @@ impl ExecutionPlan for KafkaScanExec {
         vec![]
     }
 
-    fn apply_expressions(&self, _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>) -> DfResult<TreeNodeRecursion> {
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
         Ok(TreeNodeRecursion::Continue)
     }
 
@@ -201,7 +206,11 @@ impl Pending {
 
 /// Read `range` of one partition, sending decoded batches on `tx`. Returns when the range is done, the receiver is
 /// gone, or on error.
-fn read_partition(spec: &ScanSpec, range: PartitionRange, tx: &mpsc::Sender<DfResult<RecordBatch>>) -> Result<(), KfsqlError> {
+fn read_partition(
+    spec: &ScanSpec,
+    range: PartitionRange,
+    tx: &mpsc::Sender<DfResult<RecordBatch>>,
+) -> Result<(), KfsqlError> {
     let consumer: KfsqlConsumer = spec
         .consumer_config
         .create_with_context(KfsqlContext)
@@ -209,70 +218,123 @@ fn read_partition(spec: &ScanSpec, range: PartitionRange, tx: &mpsc::Sender<DfRe
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&spec.topic, range.partition, Offset::Offset(range.start))
         .map_err(|e| KfsqlError::Kafka(e.to_string()))?;
-    consumer.assign(&tpl).map_err(|e| KfsqlError::Kafka(format!("assigning {}[{}]: {e}", spec.topic, range.partition)))?;
+    consumer
+        .assign(&tpl)
+        .map_err(|e| KfsqlError::Kafka(format!("assigning {}[{}]: {e}", spec.topic, range.partition)))?;
+    let mut reader = Reader {
+        spec,
+        range,
+        consumer,
+        pending: Pending::new(),
+        counts: Counts::default(),
+        emitted: 0,
+        next: range.start,
+        last_progress: Instant::now(),
+    };
+    let result = reader.run(tx);
+    reader.counts.publish(&spec.stats);
+    result
+}
 
-    let mut pending = Pending::new();
-    let mut emitted = 0usize;
-    let mut next = range.start;
-    let mut last_progress = Instant::now();
-    let stats = &spec.stats;
-    loop {
-        if next >= range.end || spec.limit.is_some_and(|l| emitted >= l) || tx.is_closed() {
-            break;
-        }
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {
-                if last_progress.elapsed() > spec.stall_timeout {
-                    return Err(KfsqlError::Kafka(format!(
-                        "no data from {}[{}] for {:?} while reading offsets {}..{} (at {next}); is the broker up?",
-                        spec.topic, range.partition, spec.stall_timeout, range.start, range.end
-                    )));
-                }
+/// Messages read but not yet added to the table's counters: counted locally and published per batch, because shared
+/// atomics per message would contend across partitions.
+#[derive(Default)]
+struct Counts {
+    messages: u64,
+    bytes: u64,
+    tombstones: u64,
+    misrouted: u64,
+}
+
+impl Counts {
+    fn publish(&mut self, stats: &TableStats) {
+        stats.add(&stats.messages, self.messages);
+        stats.add(&stats.bytes, self.bytes);
+        stats.add(&stats.tombstones, self.tombstones);
+        stats.add(&stats.misrouted, self.misrouted);
+        *self = Counts::default();
+    }
+}
+
+/// The state of one partition's read.
+struct Reader<'a> {
+    spec: &'a ScanSpec,
+    range: PartitionRange,
+    consumer: KfsqlConsumer,
+    pending: Pending,
+    counts: Counts,
+    /// Rows sent so far (for LIMIT).
+    emitted: usize,
+    /// The next offset expected.
+    next: i64,
+    last_progress: Instant,
+}
+
+impl Reader<'_> {
+    fn run(&mut self, tx: &mpsc::Sender<DfResult<RecordBatch>>) -> Result<(), KfsqlError> {
+        let (spec, range) = (self.spec, self.range);
+        loop {
+            if self.next >= range.end || spec.limit.is_some_and(|l| self.emitted >= l) || tx.is_closed() {
+                break;
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => return Err(KfsqlError::Kafka(format!("reading {}[{}]: {e}", spec.topic, range.partition))),
-            Some(Ok(m)) => {
-                last_progress = Instant::now();
-                let offset = m.offset();
-                if offset >= range.end {
-                    break;
+            match self.consumer.poll(Duration::from_millis(100)) {
+                None => {
+                    if self.last_progress.elapsed() > spec.stall_timeout {
+                        return Err(KfsqlError::Kafka(format!(
+                            "no data from {}[{}] for {:?} while reading offsets {}..{} (at {}); is the broker up?",
+                            spec.topic, range.partition, spec.stall_timeout, range.start, range.end, self.next
+                        )));
+                    }
                 }
-                next = offset + 1;
-                stats.add(&stats.messages, 1);
-                let key = m.key();
-                if let Some(k) = key
-                    && spec.partitioner.partition_for(k, spec.partition_count).is_some_and(|p| p != range.partition)
-                {
-                    stats.add(&stats.misrouted, 1);
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => {
+                    return Err(KfsqlError::Kafka(format!("reading {}[{}]: {e}", spec.topic, range.partition)));
                 }
-                let Some(payload) = m.payload() else {
-                    stats.add(&stats.tombstones, 1);
-                    continue;
-                };
-                stats.add(&stats.bytes, payload.len() as u64);
-                pending.payload.extend_from_slice(payload);
-                pending.ends.push(pending.payload.len());
-                pending.offsets.push(offset);
-                pending.timestamps.push(m.timestamp().to_millis());
-                match key {
-                    Some(k) => pending.keys.append_value(String::from_utf8_lossy(k)),
-                    None => pending.keys.append_null(),
-                }
-                if pending.len() >= BATCH_SIZE {
-                    let batch = decode(spec, range.partition, std::mem::replace(&mut pending, Pending::new()))?;
-                    emitted += batch.num_rows();
-                    if tx.blocking_send(Ok(batch)).is_err() {
-                        return Ok(());
+                Some(Ok(m)) => {
+                    self.last_progress = Instant::now();
+                    let offset = m.offset();
+                    if offset >= range.end {
+                        break;
+                    }
+                    self.next = offset + 1;
+                    self.counts.messages += 1;
+                    let key = m.key();
+                    if let Some(k) = key
+                        && spec.partitioner.partition_for(k, spec.partition_count).is_some_and(|p| p != range.partition)
+                    {
+                        self.counts.misrouted += 1;
+                    }
+                    let Some(payload) = m.payload() else {
+                        self.counts.tombstones += 1;
+                        continue;
+                    };
+                    self.counts.bytes += payload.len() as u64;
+                    self.pending.payload.extend_from_slice(payload);
+                    self.pending.ends.push(self.pending.payload.len());
+                    self.pending.offsets.push(offset);
+                    self.pending.timestamps.push(m.timestamp().to_millis());
+                    match key {
+                        Some(k) => self.pending.keys.append_value(String::from_utf8_lossy(k)),
+                        None => self.pending.keys.append_null(),
+                    }
+                    if self.pending.len() >= BATCH_SIZE {
+                        let batch =
+                            decode(spec, range.partition, std::mem::replace(&mut self.pending, Pending::new()))?;
+                        self.counts.publish(&spec.stats);
+                        self.emitted += batch.num_rows();
+                        if tx.blocking_send(Ok(batch)).is_err() {
+                            return Ok(());
+                        }
                     }
                 }
             }
         }
+        if self.pending.len() > 0 && !tx.is_closed() {
+            let batch = decode(spec, range.partition, std::mem::replace(&mut self.pending, Pending::new()))?;
+            let _ = tx.blocking_send(Ok(batch));
+        }
+        Ok(())
     }
-    if pending.len() > 0 && !tx.is_closed() {
-        let batch = decode(spec, range.partition, pending)?;
-        let _ = tx.blocking_send(Ok(batch));
-    }
-    Ok(())
 }
 
 /// Decode one batch of messages and assemble the projected output columns.
@@ -305,7 +367,11 @@ fn decode(spec: &ScanSpec, partition: i32, mut p: Pending) -> Result<RecordBatch
         Arc::new(p.keys.finish()),
     ];
     if let Some(keep) = &decoded.keep {
-        meta = meta.iter().map(|a| filter(a.as_ref(), keep)).collect::<Result<_, _>>().map_err(|e| KfsqlError::Internal(e.to_string()))?;
+        meta = meta
+            .iter()
+            .map(|a| filter(a.as_ref(), keep))
+            .collect::<Result<_, _>>()
+            .map_err(|e| KfsqlError::Internal(e.to_string()))?;
     }
     let rows = decoded.batch.num_rows();
     let column = |i: usize| -> ArrayRef {
@@ -315,6 +381,10 @@ fn decode(spec: &ScanSpec, partition: i32, mut p: Pending) -> Result<RecordBatch
         Some(p) => p.iter().map(|&i| column(i)).collect(),
         None => (0..spec.payload_columns + meta.len()).map(column).collect(),
     };
-    RecordBatch::try_new_with_options(spec.projected_schema.clone(), columns, &RecordBatchOptions::new().with_row_count(Some(rows)))
-        .map_err(|e| KfsqlError::Internal(format!("assembling a batch of {}: {e}", spec.table)))
+    RecordBatch::try_new_with_options(
+        spec.projected_schema.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )
+    .map_err(|e| KfsqlError::Internal(format!("assembling a batch of {}: {e}", spec.table)))
 }

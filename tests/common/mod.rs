@@ -32,7 +32,11 @@ pub fn unique(prefix: &str) -> String {
 }
 
 pub async fn engine(cluster: &Arc<KafkaCluster>, catalog: &str) -> Engine {
-    let config = EngineConfig { catalog_topic: catalog.to_string(), query_timeout: Duration::from_secs(30), ..Default::default() };
+    let config = EngineConfig {
+        catalog_topic: catalog.to_string(),
+        query_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
     Engine::start(cluster.clone(), config).await.expect("engine starts")
 }
 
@@ -105,7 +109,11 @@ pub fn to_text(batches: &[RecordBatch]) -> Vec<Vec<String>> {
     let opts = FormatOptions::default().with_null("NULL");
     let mut out = Vec::new();
     for b in batches {
-        let fmts: Vec<ArrayFormatter> = b.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref() as &dyn Array, &opts).expect("formatter")).collect();
+        let fmts: Vec<ArrayFormatter> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref() as &dyn Array, &opts).expect("formatter"))
+            .collect();
         for r in 0..b.num_rows() {
             out.push(fmts.iter().map(|f| f.value(r).to_string()).collect());
         }

@@ -17,12 +17,13 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
 use datafusion::physical_plan::RecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{ObjectType, Statement as SqlStatement};
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
-use futures::{Stream, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 
 use crate::catalog::{CatalogChange, CatalogStore};
 use crate::error::{KfsqlError, Result};
@@ -215,29 +216,96 @@ impl Engine {
 
     /// Run one statement under the query timeout.
     pub async fn execute(&self, stmt: DFStatement) -> Result<Output> {
-        self.with_deadline(self.inner.execute(stmt)).await
+        self.with_deadline(move |inner| Box::pin(async move { inner.execute(stmt).await })).await
     }
 
     /// Run an already-planned statement (extended protocol: plan once at Parse, execute at Execute).
     pub async fn execute_plan(&self, plan: LogicalPlan) -> Result<Output> {
-        self.with_deadline(self.inner.run_plan(plan)).await
+        self.with_deadline(move |inner| Box::pin(async move { inner.run_plan(plan).await })).await
     }
 
-    /// Bound a statement by the query timeout: its planning and start here, its rows through [`DeadlineStream`].
-    async fn with_deadline(&self, run: impl std::future::Future<Output = Result<Output>>) -> Result<Output> {
+    /// Run a statement on the query runtime under the query timeout.
+    ///
+    /// Planning and execution happen on [`query_runtime`], away from the runtime that serves connections and
+    /// timers, so a statement that computes for long without yielding cannot starve other clients or its own
+    /// deadline. Rows come back through a small channel; dropping the returned stream (done, timed out, client
+    /// gone) aborts the statement's task.
+    async fn with_deadline(
+        &self,
+        run: impl FnOnce(Arc<EngineInner>) -> futures::future::BoxFuture<'static, Result<Output>> + Send + 'static,
+    ) -> Result<Output> {
         let timeout = self.inner.config.query_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let out = tokio::time::timeout_at(deadline, run).await.map_err(|_| KfsqlError::Timeout(timeout))??;
-        Ok(match out {
-            Output::Rows(stream) => Output::Rows(Box::pin(DeadlineStream {
-                inner: stream,
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Result<Started>>();
+        let (rows_tx, rows_rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);
+        let inner = self.inner.clone();
+        let task = query_runtime().spawn(async move {
+            match run(inner).await {
+                Ok(Output::Rows(mut stream)) => {
+                    if started_tx.send(Ok(Started::Rows(stream.schema()))).is_err() {
+                        return;
+                    }
+                    while let Some(batch) = stream.next().await {
+                        if rows_tx.send(batch).await.is_err() {
+                            return; // the consumer is gone
+                        }
+                    }
+                }
+                Ok(Output::Command { tag, rows }) => {
+                    let _ = started_tx.send(Ok(Started::Command { tag, rows }));
+                }
+                Err(e) => {
+                    let _ = started_tx.send(Err(e));
+                }
+            }
+        });
+        let abort = AbortOnDrop(task);
+        let started = tokio::time::timeout_at(deadline, started_rx)
+            .await
+            .map_err(|_| KfsqlError::Timeout(timeout))?
+            .map_err(|_| KfsqlError::Internal("the statement's task ended without an answer".into()))??;
+        Ok(match started {
+            Started::Command { tag, rows } => Output::Command { tag, rows },
+            Started::Rows(schema) => Output::Rows(Box::pin(DeadlineStream {
+                inner: Box::pin(RecordBatchStreamAdapter::new(schema, tokio_stream::wrappers::ReceiverStream::new(rows_rx))),
                 sleep: Box::pin(tokio::time::sleep_until(deadline)),
                 timeout,
                 done: false,
+                _task: abort,
             })),
-            other => other,
         })
     }
+}
+
+/// How a statement started on the query runtime.
+enum Started {
+    Rows(SchemaRef),
+    Command { tag: String, rows: Option<usize> },
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The process-wide runtime that plans and executes queries (one worker per core). Never dropped.
+pub fn query_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).thread_name("kfsql-query").enable_all().build() {
+            Ok(rt) => rt,
+            // Creating a runtime only fails when the OS refuses threads; nothing can run then.
+            Err(e) => {
+                eprintln!("kfsql: cannot start the query runtime: {e}");
+                std::process::abort()
+            }
+        }
+    })
 }
 
 impl EngineInner {
@@ -499,6 +567,8 @@ struct DeadlineStream {
     sleep: Pin<Box<tokio::time::Sleep>>,
     timeout: Duration,
     done: bool,
+    /// The task producing the rows; aborted when this stream is dropped.
+    _task: AbortOnDrop,
 }
 
 impl Stream for DeadlineStream {

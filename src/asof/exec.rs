@@ -179,10 +179,11 @@ impl ExecutionPlan for AsofJoinExec {
     }
 }
 
-/// Key columns in a type both sides agree on: strings as Utf8, integers as Int64.
+/// Key columns in a type both sides can agree on: integers as Int64, dictionaries unpacked. (Strings keep their
+/// representation; the probe side is cast to the build side's.)
 fn normalize_key(a: ArrayRef) -> Result<ArrayRef> {
     let target = match a.data_type() {
-        DataType::Utf8View | DataType::LargeUtf8 | DataType::Dictionary(_, _) => Some(DataType::Utf8),
+        DataType::Dictionary(_, v) => Some(v.as_ref().clone()),
         DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => {
             Some(DataType::Int64)
         }
@@ -239,11 +240,20 @@ async fn build_index(
     let tie_cols: Vec<Int64Array> =
         tie.iter().flatten().map(|&i| time_values(batch.column(i).clone())).collect::<Result<_>>()?;
     let mut groups: HashMap<Box<[u8]>, Vec<(i64, u32)>> = HashMap::new();
+    let any_null = times.null_count() > 0 || key_arrays.iter().any(|k| k.null_count() > 0);
     for i in 0..batch.num_rows() {
-        if times.is_null(i) || key_arrays.iter().any(|k| k.is_null(i)) {
+        if any_null && (times.is_null(i) || key_arrays.iter().any(|k| k.is_null(i))) {
             continue;
         }
-        groups.entry(rows.row(i).as_ref().into()).or_default().push((times.value(i), i as u32));
+        let key = rows.row(i);
+        let entry = (times.value(i), i as u32);
+        // look up before inserting: only a key's first row allocates
+        match groups.get_mut(key.as_ref()) {
+            Some(g) => g.push(entry),
+            None => {
+                groups.insert(key.as_ref().into(), vec![entry]);
+            }
+        }
     }
     reservation.try_grow(batch.num_rows() * 24 + groups.len() * 64)?;
     let tie_of = |row: u32| -> [i64; 2] {

@@ -2,7 +2,6 @@
 //! pool: too large a right side is a resources-exhausted error, not an OOM kill) and indexed by key, each key's rows
 //! sorted by (time, offset, partition); every left batch then streams through with one binary search per row.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -43,12 +42,15 @@ pub struct AsofJoinExec {
     index: Arc<OnceCell<Arc<RightIndex>>>,
 }
 
+/// Row-encoded key → that key's (time, row) pairs. aHash: the default SipHash made the build three times slower.
+type KeyMap = std::collections::HashMap<Box<[u8]>, Vec<(i64, u32)>, ahash::RandomState>;
+
 /// The right side, indexed by key.
 #[derive(Debug)]
 struct RightIndex {
     batch: RecordBatch,
     /// Per key: (time, row) sorted by time then tie-breakers.
-    groups: HashMap<Box<[u8]>, Vec<(i64, u32)>>,
+    groups: KeyMap,
     converter: RowConverter,
     key_types: Vec<DataType>,
     /// The memory pool's account of this index; released with it.
@@ -239,7 +241,7 @@ async fn build_index(
     let times = time_values(time.evaluate(&batch)?.into_array(batch.num_rows())?)?;
     let tie_cols: Vec<Int64Array> =
         tie.iter().flatten().map(|&i| time_values(batch.column(i).clone())).collect::<Result<_>>()?;
-    let mut groups: HashMap<Box<[u8]>, Vec<(i64, u32)>> = HashMap::new();
+    let mut groups = KeyMap::default();
     let any_null = times.null_count() > 0 || key_arrays.iter().any(|k| k.null_count() > 0);
     for i in 0..batch.num_rows() {
         if any_null && (times.is_null(i) || key_arrays.iter().any(|k| k.is_null(i))) {

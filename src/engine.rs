@@ -267,7 +267,10 @@ impl Engine {
         Ok(match started {
             Started::Command { tag, rows } => Output::Command { tag, rows },
             Started::Rows(schema) => Output::Rows(Box::pin(DeadlineStream {
-                inner: Box::pin(RecordBatchStreamAdapter::new(schema, tokio_stream::wrappers::ReceiverStream::new(rows_rx))),
+                inner: Box::pin(RecordBatchStreamAdapter::new(
+                    schema,
+                    tokio_stream::wrappers::ReceiverStream::new(rows_rx),
+                )),
                 sleep: Box::pin(tokio::time::sleep_until(deadline)),
                 timeout,
                 done: false,
@@ -297,7 +300,12 @@ pub fn query_runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     RUNTIME.get_or_init(|| {
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).thread_name("kfsql-query").enable_all().build() {
+        match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("kfsql-query")
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             // Creating a runtime only fails when the OS refuses threads; nothing can run then.
             Err(e) => {
@@ -402,12 +410,7 @@ impl EngineInner {
             }
             LogicalPlan::Ddl(ddl) => {
                 let tag = ddl_tag(&ddl);
-                self.ctx
-                    .execute_logical_plan(LogicalPlan::Ddl(ddl))
-                    .await
-                    .map_err(KfsqlError::from_datafusion)?
-                    .collect()
-                    .await?;
+                self.run_to_end(LogicalPlan::Ddl(ddl)).await?;
                 Ok(Output::Command { tag, rows: None })
             }
             LogicalPlan::Dml(DmlStatement { ref op, .. }) if !matches!(op, WriteOp::Ctas) => {
@@ -418,30 +421,14 @@ impl EngineInner {
                     _ => "COPY",
                 }
                 .to_string();
-                let batches = self
-                    .ctx
-                    .execute_logical_plan(plan)
-                    .await
-                    .map_err(KfsqlError::from_datafusion)?
-                    .collect()
-                    .await
-                    .map_err(KfsqlError::from_datafusion)?;
-                let rows = count_from(&batches);
+                let rows = count_from(&self.run_to_end(plan).await?);
                 Ok(Output::Command { tag, rows: Some(rows) })
             }
             LogicalPlan::Copy(_) => {
-                let batches = self
-                    .ctx
-                    .execute_logical_plan(plan)
-                    .await
-                    .map_err(KfsqlError::from_datafusion)?
-                    .collect()
-                    .await
-                    .map_err(KfsqlError::from_datafusion)?;
-                Ok(Output::Command { tag: "COPY".into(), rows: Some(count_from(&batches)) })
+                Ok(Output::Command { tag: "COPY".into(), rows: Some(count_from(&self.run_to_end(plan).await?)) })
             }
             LogicalPlan::Statement(_) => {
-                self.ctx.execute_logical_plan(plan).await.map_err(KfsqlError::from_datafusion)?.collect().await?;
+                self.run_to_end(plan).await?;
                 Ok(Output::Command { tag: "SET".into(), rows: None })
             }
             plan => {
@@ -449,6 +436,12 @@ impl EngineInner {
                 Ok(Output::Rows(df.execute_stream().await.map_err(KfsqlError::from_datafusion)?))
             }
         }
+    }
+
+    /// Execute a plan whose result is a status (DDL, DML, COPY, SET), collecting it.
+    async fn run_to_end(&self, plan: LogicalPlan) -> Result<Vec<RecordBatch>> {
+        let df = self.ctx.execute_logical_plan(plan).await.map_err(KfsqlError::from_datafusion)?;
+        df.collect().await.map_err(KfsqlError::from_datafusion)
     }
 
     async fn create_kafka_table(&self, cmd: &datafusion::logical_expr::CreateExternalTable) -> Result<Output> {

@@ -47,7 +47,7 @@ wait_port() { # $1 = port
 
 # --- 2. build once, then unit + mock-cluster suites ------------------------------------------------------------
 log "building (debug)"
-cargo build --lib --bins --tests
+cargo build --lib --bins --tests --examples
 log "unit tests and integration tests on the in-process mock cluster"
 cargo test --lib --bins --tests
 

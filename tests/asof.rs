@@ -217,3 +217,34 @@ async fn fraud_training_set_never_sees_the_future() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_known_at_excludes_values_that_arrived_later() {
+    let cluster = common::cluster();
+    let engine = common::engine(&cluster, &common::unique("catalog")).await;
+    let t = common::unique("late");
+    common::topic(&cluster, &t, 1).await;
+    let ms = |h: u32| chrono::NaiveDate::from_ymd_opt(2026, 11, 20).and_then(|d| d.and_hms_opt(h, 0, 0)).map(|d| d.and_utc().timestamp_millis()).expect("time");
+    // score 1 happened at 09:00 and arrived at 09:00; score 2 happened at 10:00 but only arrived at 12:00 (late data)
+    common::produce(
+        cluster.producer(),
+        &t,
+        vec![
+            common::Msg::new("u1", r#"{"user_id":"u1","score":1,"event_time":"2026-11-20T09:00:00"}"#).at(ms(9)),
+            common::Msg::new("u1", r#"{"user_id":"u1","score":2,"event_time":"2026-11-20T10:00:00"}"#).at(ms(12)),
+        ],
+    )
+    .await;
+    engine
+        .query(&format!(
+            "CREATE EXTERNAL TABLE late (user_id VARCHAR NOT NULL, score BIGINT, event_time TIMESTAMP NOT NULL) \
+             STORED AS KAFKA LOCATION '{t}' OPTIONS ('key' 'user_id', 'event_time' 'event_time')"
+        ))
+        .await
+        .expect("create");
+    let label = "(VALUES ('u1', TIMESTAMP '2026-11-20 11:00:00')) AS l(user_id, ts)";
+    let by_event = format!("SELECT f.score FROM {label} ASOF JOIN late f MATCH_CONDITION (l.ts >= f.event_time) ON l.user_id = f.user_id");
+    let as_known = format!("SELECT f.score FROM {label} ASOF JOIN late f MATCH_CONDITION (l.ts >= f._timestamp) ON l.user_id = f.user_id");
+    assert_eq!(common::scalar(&engine, &by_event).await, "2", "by event time, the 10:00 value was true at 11:00");
+    assert_eq!(common::scalar(&engine, &as_known).await, "1", "as known at 11:00, the 10:00 value had not arrived yet");
+}

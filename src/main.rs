@@ -1,6 +1,7 @@
 //! The `kfsql` command: `serve` (the default) runs the feature store over pg-wire; `query` runs SQL once and prints
 //! the result. With no brokers configured it starts an embedded Kafka and loads the fraud demo.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,7 +117,23 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(Command::Serve { listen: std::env::var("KFSQL_LISTEN").unwrap_or_else(|_| "127.0.0.1:5433".into()) })
     {
         Command::Query { sql } => {
-            for (schema, batches, tag) in engine.query(&sql).await? {
+            // A spinner with the elapsed time while statements run (long exports), when a person is watching.
+            let progress = std::io::stderr().is_terminal().then(|| {
+                let bar = indicatif::ProgressBar::new_spinner();
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                );
+                bar.set_message("running");
+                bar.enable_steady_tick(Duration::from_millis(120));
+                bar
+            });
+            let started = std::time::Instant::now();
+            let results = engine.query(&sql).await;
+            if let Some(bar) = progress {
+                bar.finish_and_clear();
+                eprintln!("done in {:.2?}", started.elapsed());
+            }
+            for (schema, batches, tag) in results? {
                 if schema.is_some() {
                     println!("{}", pretty_format_batches(&batches)?);
                 }

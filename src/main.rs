@@ -121,7 +121,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let progress = std::io::stderr().is_terminal().then(|| {
                 let bar = indicatif::ProgressBar::new_spinner();
                 bar.set_style(
-                    indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                    indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
                 );
                 bar.set_message("running");
                 bar.enable_steady_tick(Duration::from_millis(120));

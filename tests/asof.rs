@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 #[derive(Debug, Clone)]
 struct Right {
     k: Option<String>,
+    k2: i64,
     t: Option<i64>,
     v: i64,
     offset: i64,
@@ -24,6 +25,7 @@ struct Right {
 struct Left {
     id: i64,
     k: Option<String>,
+    k2: i64,
     t: Option<i64>,
 }
 
@@ -38,6 +40,7 @@ fn time(rng: &mut StdRng) -> Option<i64> {
 fn right_batch(rows: &[Right]) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![
         Field::new("k", DataType::Utf8, true),
+        Field::new("k2", DataType::Int64, false),
         Field::new("t", DataType::Int64, true),
         Field::new("v", DataType::Int64, false),
         Field::new("_offset", DataType::Int64, false),
@@ -46,6 +49,7 @@ fn right_batch(rows: &[Right]) -> RecordBatch {
         schema,
         vec![
             Arc::new(StringArray::from(rows.iter().map(|r| r.k.clone()).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.k2).collect::<Vec<_>>())),
             Arc::new(Int64Array::from(rows.iter().map(|r| r.t).collect::<Vec<_>>())),
             Arc::new(Int64Array::from(rows.iter().map(|r| r.v).collect::<Vec<_>>())),
             Arc::new(Int64Array::from(rows.iter().map(|r| r.offset).collect::<Vec<_>>())),
@@ -58,6 +62,7 @@ fn left_batch(rows: &[Left]) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
         Field::new("k", DataType::Utf8, true),
+        Field::new("k2", DataType::Int64, false),
         Field::new("t", DataType::Int64, true),
     ]));
     RecordBatch::try_new(
@@ -65,17 +70,19 @@ fn left_batch(rows: &[Left]) -> RecordBatch {
         vec![
             Arc::new(Int64Array::from(rows.iter().map(|r| r.id).collect::<Vec<_>>())),
             Arc::new(StringArray::from(rows.iter().map(|r| r.k.clone()).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(rows.iter().map(|r| r.k2).collect::<Vec<_>>())),
             Arc::new(Int64Array::from(rows.iter().map(|r| r.t).collect::<Vec<_>>())),
         ],
     )
     .expect("batch")
 }
 
-/// The right row an ASOF join must pick for `l`, by definition.
-fn oracle(l: &Left, right: &[Right], op: &str) -> Option<i64> {
+/// The right row an ASOF join must pick for `l`, by definition (`two_keys`: also on k2).
+fn oracle(l: &Left, right: &[Right], op: &str, two_keys: bool) -> Option<i64> {
     let (lk, lt) = (l.k.as_ref()?, l.t?);
     let candidates = right.iter().filter(|r| {
         r.k.as_ref() == Some(lk)
+            && (!two_keys || r.k2 == l.k2)
             && r.t.is_some_and(|rt| match op {
                 ">=" => lt >= rt,
                 ">" => lt > rt,
@@ -94,7 +101,15 @@ fn random_right(rng: &mut StdRng, base: i64) -> Vec<Right> {
     let n = if rng.random_bool(0.1) { 0 } else { rng.random_range(1..40) };
     let mut offsets: Vec<i64> = (0..n as i64).collect();
     offsets.shuffle(rng); // arrival order unrelated to event time
-    (0..n).map(|i| Right { k: key(rng), t: time(rng), v: base + i as i64, offset: offsets[i] }).collect()
+    (0..n)
+        .map(|i| Right {
+            k: key(rng),
+            k2: rng.random_range(0..2),
+            t: time(rng),
+            v: base + i as i64,
+            offset: offsets[i],
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,7 +122,9 @@ async fn asof_join_matches_the_brute_force_oracle() {
     let cases = 1500;
     for case in 0..cases {
         let n_left = if rng.random_bool(0.05) { 0 } else { rng.random_range(1..30) };
-        let left: Vec<Left> = (0..n_left).map(|i| Left { id: i as i64, k: key(&mut rng), t: time(&mut rng) }).collect();
+        let left: Vec<Left> = (0..n_left)
+            .map(|i| Left { id: i as i64, k: key(&mut rng), k2: rng.random_range(0..2), t: time(&mut rng) })
+            .collect();
         let r1 = random_right(&mut rng, 1000);
         let r2 = random_right(&mut rng, 2000);
         for name in ["l", "r1", "r2"] {
@@ -119,8 +136,10 @@ async fn asof_join_matches_the_brute_force_oracle() {
         let (op1, op2) = (ops[case % 4], ops[rng.random_range(0..4)]);
         let flip = rng.random_bool(0.5); // write the condition either way round
         let cond1 = if flip { format!("a.t {op1} l.t").replace(op1, mirror(op1)) } else { format!("l.t {op1} a.t") };
+        let two_keys = rng.random_bool(0.5); // a second, integer key: the row-format key path
+        let on1 = if two_keys { "l.k = a.k AND a.k2 = l.k2" } else { "l.k = a.k" };
         let sql = format!(
-            "SELECT l.id, a.v, b.v FROM l ASOF JOIN r1 a MATCH_CONDITION ({cond1}) ON l.k = a.k \
+            "SELECT l.id, a.v, b.v FROM l ASOF JOIN r1 a MATCH_CONDITION ({cond1}) ON {on1} \
              ASOF JOIN r2 b MATCH_CONDITION (l.t {op2} b.t) ON b.k = l.k ORDER BY l.id"
         );
         let got = common::rows(&engine, &sql).await;
@@ -128,7 +147,7 @@ async fn asof_join_matches_the_brute_force_oracle() {
             .iter()
             .map(|l| {
                 let show = |v: Option<i64>| v.map_or("NULL".to_string(), |v| v.to_string());
-                vec![l.id.to_string(), show(oracle(l, &r1, op1)), show(oracle(l, &r2, op2))]
+                vec![l.id.to_string(), show(oracle(l, &r1, op1, two_keys)), show(oracle(l, &r2, op2, false))]
             })
             .collect();
         assert_eq!(got, want, "case {case}: {sql}\nleft {left:?}\nr1 {r1:?}\nr2 {r2:?}");
@@ -224,7 +243,12 @@ async fn as_known_at_excludes_values_that_arrived_later() {
     let engine = common::engine(&cluster, &common::unique("catalog")).await;
     let t = common::unique("late");
     common::topic(&cluster, &t, 1).await;
-    let ms = |h: u32| chrono::NaiveDate::from_ymd_opt(2026, 11, 20).and_then(|d| d.and_hms_opt(h, 0, 0)).map(|d| d.and_utc().timestamp_millis()).expect("time");
+    let ms = |h: u32| {
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 20)
+            .and_then(|d| d.and_hms_opt(h, 0, 0))
+            .map(|d| d.and_utc().timestamp_millis())
+            .expect("time")
+    };
     // score 1 happened at 09:00 and arrived at 09:00; score 2 happened at 10:00 but only arrived at 12:00 (late data)
     common::produce(
         cluster.producer(),
@@ -243,8 +267,12 @@ async fn as_known_at_excludes_values_that_arrived_later() {
         .await
         .expect("create");
     let label = "(VALUES ('u1', TIMESTAMP '2026-11-20 11:00:00')) AS l(user_id, ts)";
-    let by_event = format!("SELECT f.score FROM {label} ASOF JOIN late f MATCH_CONDITION (l.ts >= f.event_time) ON l.user_id = f.user_id");
-    let as_known = format!("SELECT f.score FROM {label} ASOF JOIN late f MATCH_CONDITION (l.ts >= f._timestamp) ON l.user_id = f.user_id");
+    let by_event = format!(
+        "SELECT f.score FROM {label} ASOF JOIN late f MATCH_CONDITION (l.ts >= f.event_time) ON l.user_id = f.user_id"
+    );
+    let as_known = format!(
+        "SELECT f.score FROM {label} ASOF JOIN late f MATCH_CONDITION (l.ts >= f._timestamp) ON l.user_id = f.user_id"
+    );
     assert_eq!(common::scalar(&engine, &by_event).await, "2", "by event time, the 10:00 value was true at 11:00");
     assert_eq!(common::scalar(&engine, &as_known).await, "1", "as known at 11:00, the 10:00 value had not arrived yet");
 }

@@ -42,7 +42,37 @@ pub struct AsofJoinExec {
     index: Arc<OnceCell<Arc<RightIndex>>>,
 }
 
-/// Row-encoded key → that key's (time, row) pairs. aHash: the default SipHash made the build three times slower.
+/// The hashable bytes of each row's key: a single string key as its own bytes (no copy), anything else in Arrow's
+/// row format. Both sides of a join encode the same way, as the probe side is cast to the build side's types.
+enum Keys {
+    Utf8(ArrayRef),
+    Rows(datafusion::arrow::row::Rows),
+}
+
+impl Keys {
+    fn new(arrays: &[ArrayRef], converter: &RowConverter) -> Result<Self> {
+        match arrays {
+            [a] if matches!(a.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) => {
+                Ok(Keys::Utf8(a.clone()))
+            }
+            _ => Ok(Keys::Rows(converter.convert_columns(arrays)?)),
+        }
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        use datafusion::arrow::array::AsArray;
+        match self {
+            Keys::Utf8(a) => match a.data_type() {
+                DataType::Utf8View => a.as_string_view().value(i).as_bytes(),
+                DataType::LargeUtf8 => a.as_string::<i64>().value(i).as_bytes(),
+                _ => a.as_string::<i32>().value(i).as_bytes(),
+            },
+            Keys::Rows(r) => r.row(i).data(),
+        }
+    }
+}
+
+/// Encoded key → that key's (time, row) pairs. aHash: the default SipHash made the build three times slower.
 type KeyMap = std::collections::HashMap<Box<[u8]>, Vec<(i64, u32)>, ahash::RandomState>;
 
 /// The right side, indexed by key.
@@ -237,7 +267,7 @@ async fn build_index(
     let key_arrays = eval(keys, &batch)?;
     let key_types: Vec<DataType> = key_arrays.iter().map(|a| a.data_type().clone()).collect();
     let converter = RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())?;
-    let rows = converter.convert_columns(&key_arrays)?;
+    let rows = Keys::new(&key_arrays, &converter)?;
     let times = time_values(time.evaluate(&batch)?.into_array(batch.num_rows())?)?;
     let tie_cols: Vec<Int64Array> =
         tie.iter().flatten().map(|&i| time_values(batch.column(i).clone())).collect::<Result<_>>()?;
@@ -247,13 +277,13 @@ async fn build_index(
         if any_null && (times.is_null(i) || key_arrays.iter().any(|k| k.is_null(i))) {
             continue;
         }
-        let key = rows.row(i);
+        let key = rows.get(i);
         let entry = (times.value(i), i as u32);
         // look up before inserting: only a key's first row allocates
-        match groups.get_mut(key.as_ref()) {
+        match groups.get_mut(key) {
             Some(g) => g.push(entry),
             None => {
-                groups.insert(key.as_ref().into(), vec![entry]);
+                groups.insert(key.into(), vec![entry]);
             }
         }
     }
@@ -289,7 +319,7 @@ fn probe(
         .zip(&idx.key_types)
         .map(|(a, t)| if a.data_type() == t { Ok(a) } else { Ok(cast(&a, t)?) })
         .collect::<Result<Vec<_>>>()?;
-    let rows = idx.converter.convert_columns(&key_arrays)?;
+    let rows = Keys::new(&key_arrays, &idx.converter)?;
     let times = time_values(time.evaluate(batch)?.into_array(n)?)?;
     let mut picks: Vec<Option<u32>> = Vec::with_capacity(n);
     for i in 0..n {
@@ -298,7 +328,7 @@ fn probe(
             continue;
         }
         let t = times.value(i);
-        picks.push(idx.groups.get(rows.row(i).as_ref()).and_then(|g| pick(g, t, op, ttl)));
+        picks.push(idx.groups.get(rows.get(i)).and_then(|g| pick(g, t, op, ttl)));
     }
     let indices = UInt32Array::from(picks);
     let mut columns: Vec<ArrayRef> = batch.columns().to_vec();

@@ -307,7 +307,7 @@ async fn statements_past_the_timeout_are_cancelled_with_57014() {
     engine.query(&common::create_table_sql("tx", &t, "")).await.expect("create");
     let start = Instant::now();
     let err = engine
-        .query("SELECT count(*) FROM tx a, tx b, tx c WHERE a.amount + b.amount + c.amount < 0")
+        .query("SELECT count(*) FROM tx a, tx b, tx c")
         .await
         .expect_err("too slow");
     assert_eq!(err.sqlstate(), "57014", "{err}");

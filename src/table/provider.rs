@@ -119,7 +119,7 @@ impl KafkaTable {
                     start = start.max(answers[i].unwrap_or(wm.high));
                 }
                 let end = wm.high.min(bounds.offset_end.unwrap_or(i64::MAX));
-                PartitionRange { partition, start: start.min(end.max(start)), end: end.max(start) }
+                PartitionRange { partition, start, end: end.max(start) }
             })
             .collect();
         Ok((count, ranges, notes))

@@ -306,10 +306,7 @@ async fn statements_past_the_timeout_are_cancelled_with_57014() {
     let engine = kfsql::Engine::start(cluster, config).await.expect("engine");
     engine.query(&common::create_table_sql("tx", &t, "")).await.expect("create");
     let start = Instant::now();
-    let err = engine
-        .query("SELECT count(*) FROM tx a, tx b, tx c")
-        .await
-        .expect_err("too slow");
+    let err = engine.query("SELECT count(*) FROM tx a, tx b, tx c").await.expect_err("too slow");
     assert_eq!(err.sqlstate(), "57014", "{err}");
     assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
     // The engine serves again once the runaway is aborted. Each try has the same 1 s limit, which a broker busy with

@@ -140,11 +140,6 @@ impl Handlers {
         if let Some(cmd) = session::classify(&stmt) {
             return Ok(self.session_command(client.metadata_mut(), cmd, format));
         }
-        if let DFStatement::Reset(r) = &stmt {
-            let name = r.to_string().trim_start_matches("RESET ").to_ascii_lowercase();
-            session::reset(client.metadata_mut(), &name);
-            return Ok(Response::Execution(Tag::new("RESET")));
-        }
         let is_insert = matches!(&stmt, DFStatement::Statement(s) if matches!(s.as_ref(), SqlStatement::Insert(_)));
         let out = match plan {
             Some(plan) => self.engine.execute_plan(plan).await,

@@ -52,7 +52,13 @@ const METADATA_PREFIX: &str = "kfsql.setting.";
 
 /// Recognise a session statement. `SET datafusion.*` is left to the engine.
 pub fn classify(stmt: &DFStatement) -> Option<SessionCommand> {
-    let DFStatement::Statement(s) = stmt else { return None };
+    let s = match stmt {
+        DFStatement::Statement(s) => s,
+        DFStatement::Reset(r) => {
+            return Some(SessionCommand::Reset(normalize(r.to_string().trim_start_matches("RESET "))));
+        }
+        _ => return None,
+    };
     match s.as_ref() {
         Statement::Set(Set::SingleAssignment { variable, values, .. }) => {
             let name = normalize(&variable.to_string());

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# ASOF JOIN: kfsql vs DuckDB on the same Parquet files, in one run.
+# ASOF JOIN: kfsql vs DuckDB on the same Parquet files, in one run; then the same join with the feature rows read
+# from Kafka (and with labels from Kafka too, joined partition-wise), each against the same DuckDB time.
 # 1M label rows x 10M feature rows over 100k keys (override with LABELS / FEATURES / KEYS).
-#   scripts/bench-asof.sh
+#   scripts/bench-asof.sh                            # embedded Kafka (mock cluster over loopback)
+#   KFSQL_BENCH_BROKERS=host:port scripts/bench-asof.sh
+#   KFSQL_BENCH_KAFKA=0 scripts/bench-asof.sh        # Parquet only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LABELS=${LABELS:-1000000} FEATURES=${FEATURES:-10000000} KEYS=${KEYS:-100000}
@@ -33,4 +36,15 @@ cat "$DIR/duckdb.txt"
 KFSQL_BENCH_DIR="$DIR" cargo bench --bench asof 2>/dev/null | tee "$DIR/kfsql.txt"
 duck=$(sed -n 's/^duckdb_seconds=//p' "$DIR/duckdb.txt")
 kf=$(sed -n 's/^kfsql_seconds=//p' "$DIR/kfsql.txt")
-python3 -c "print(f'ASOF {int(\"$LABELS\"):,} labels x {int(\"$FEATURES\"):,} features over {int(\"$KEYS\"):,} keys: kfsql {$kf:.3f}s, DuckDB {$duck:.3f}s, kfsql/DuckDB time ratio {$kf/$duck:.2f}')"
+python3 - "$LABELS" "$FEATURES" "$KEYS" "$duck" "$DIR/kfsql.txt" <<'PY'
+import sys
+labels, features, keys, duck, path = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+got = dict(l.strip().split('=', 1) for l in open(path) if l.count('=') == 1 and l.split('=')[0].endswith('_seconds'))
+print(f'ASOF {labels:,} labels x {features:,} features over {keys:,} keys; DuckDB (Parquet) {duck:.3f}s')
+for name, what in [('kfsql_seconds', 'kfsql, both sides from Parquet'),
+                   ('kafka_seconds', 'kfsql, features from Kafka'),
+                   ('kafka_pw_seconds', 'kfsql, both from Kafka (partition-wise)')]:
+    if name in got:
+        t = float(got[name])
+        print(f'  {what:<42} {t:8.3f}s   kfsql/DuckDB time ratio {t / duck:.2f}')
+PY

@@ -42,6 +42,9 @@ pub struct EngineConfig {
     pub database: String,
     /// Where `COPY … TO 'file'` writes; paths are relative to it and may not leave it.
     pub export_dir: PathBuf,
+    /// Memory the operators that hold data (ASOF right sides, sorts, aggregations) may use together; a query that
+    /// needs more fails with a resources-exhausted error instead of exhausting the machine. None: unlimited.
+    pub memory_limit: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +54,7 @@ impl Default for EngineConfig {
             query_timeout: Duration::from_secs(60),
             database: "kfsql".into(),
             export_dir: PathBuf::from("exports"),
+            memory_limit: None,
         }
     }
 }
@@ -94,8 +98,15 @@ impl Engine {
         let session_config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema(&config.database, "public");
+        let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
+        if let Some(limit) = config.memory_limit {
+            runtime =
+                runtime.with_memory_pool(Arc::new(datafusion::execution::memory_pool::GreedyMemoryPool::new(limit)));
+        }
+        let runtime = runtime.build_arc().map_err(KfsqlError::from_datafusion)?;
         let state = SessionStateBuilder::new()
             .with_config(session_config)
+            .with_runtime_env(runtime)
             .with_default_features()
             .with_table_factory("KAFKA".into(), factory.clone())
             .with_query_planner(Arc::new(crate::asof::AsofQueryPlanner))

@@ -67,9 +67,28 @@ struct Common {
     /// Directory that `COPY … TO 'file'` writes into (paths may not leave it).
     #[arg(long, env = "KFSQL_EXPORT_DIR", default_value = "exports", global = true)]
     export_dir: std::path::PathBuf,
+    /// Memory queries may hold together (ASOF right sides, sorts, aggregations), e.g. 4GiB, 512MiB; beyond it a
+    /// query fails with a resources-exhausted error. Unlimited by default.
+    #[arg(long, env = "KFSQL_MEMORY_LIMIT", value_parser = parse_bytes, global = true)]
+    memory_limit: Option<usize>,
     /// With the embedded Kafka: how many demo transactions to generate.
     #[arg(long, default_value_t = 20_000, global = true)]
     demo_transactions: usize,
+}
+
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: usize = n.parse().map_err(|_| format!("expected a size such as 512MiB or 4GiB, got '{s}'"))?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit '{other}' in '{s}' (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size '{s}' is too large"))
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -105,6 +124,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         catalog_topic: c.catalog_topic.clone(),
         query_timeout: c.query_timeout,
         export_dir: c.export_dir.clone(),
+        memory_limit: c.memory_limit,
         ..Default::default()
     };
     let engine = Engine::start(cluster.clone(), config).await?;
@@ -117,7 +137,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(Command::Serve { listen: std::env::var("KFSQL_LISTEN").unwrap_or_else(|_| "127.0.0.1:5433".into()) })
     {
         Command::Query { sql } => {
-            // A spinner with the elapsed time while statements run (long exports), when a person is watching.
+            // A spinner while statements run (long exports), when a person is watching: elapsed time and the Kafka
+            // messages read so far, with their rate.
             let progress = std::io::stderr().is_terminal().then(|| {
                 let bar = indicatif::ProgressBar::new_spinner();
                 bar.set_style(
@@ -126,6 +147,22 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 );
                 bar.set_message("running");
                 bar.enable_steady_tick(Duration::from_millis(120));
+                let (ticker, factory) = (bar.clone(), engine.inner().factory().clone());
+                let (start_messages, start_bytes) = factory.read_totals();
+                let started = std::time::Instant::now();
+                tokio::spawn(async move {
+                    while !ticker.is_finished() {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        let (messages, bytes) = factory.read_totals();
+                        let n = messages - start_messages.min(messages);
+                        let rate = n as f64 / started.elapsed().as_secs_f64().max(0.001);
+                        ticker.set_message(format!(
+                            "running: {n} Kafka messages read ({:.0} k/s, {} MiB)",
+                            rate / 1000.0,
+                            bytes.saturating_sub(start_bytes) >> 20
+                        ));
+                    }
+                });
                 bar
             });
             let started = std::time::Instant::now();

@@ -276,3 +276,159 @@ async fn as_known_at_excludes_values_that_arrived_later() {
     assert_eq!(common::scalar(&engine, &by_event).await, "2", "by event time, the 10:00 value was true at 11:00");
     assert_eq!(common::scalar(&engine, &as_known).await, "1", "as known at 11:00, the 10:00 value had not arrived yet");
 }
+
+/// Two Kafka tables keyed by user_id on 4 partitions each: the fraud shape of a training set.
+struct CoPartitioned {
+    engine: kfsql::Engine,
+    catalog: String,
+    labels: Vec<(i64, String, i64)>,
+}
+
+async fn co_partitioned(cluster: &Arc<kfsql::kafka::KafkaCluster>, features: usize, keys: usize) -> CoPartitioned {
+    let catalog = common::unique("catalog");
+    let engine = common::engine(cluster, &catalog).await;
+    let (ft, lt) = (common::unique("pw_feat"), common::unique("pw_label"));
+    common::topic(cluster, &ft, 4).await;
+    common::topic(cluster, &lt, 4).await;
+    let mut rng = StdRng::seed_from_u64(20261128);
+    let base =
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 20).and_then(|d| d.and_hms_opt(0, 0, 0)).expect("date").and_utc();
+    let at = |m: i64| (base + chrono::Duration::minutes(m)).format("%Y-%m-%dT%H:%M:%S").to_string();
+    let feats: Vec<common::Msg> = (0..features)
+        .map(|i| {
+            let (k, m) = (format!("u{}", rng.random_range(0..keys)), rng.random_range(0..300i64));
+            let json = format!(r#"{{"user_id":"{k}","v":{i},"m":{m},"event_time":"{}"}}"#, at(m));
+            common::Msg::new(&k, &json)
+        })
+        .collect();
+    // some label keys have no features at all
+    let labels: Vec<(i64, String, i64)> = (0..features / 5)
+        .map(|i| (i as i64, format!("u{}", rng.random_range(0..keys + keys / 10)), rng.random_range(0..300i64)))
+        .collect();
+    let label_msgs = labels
+        .iter()
+        .map(|(id, k, m)| {
+            common::Msg::new(k, &format!(r#"{{"id":{id},"user_id":"{k}","m":{m},"event_time":"{}"}}"#, at(*m)))
+        })
+        .collect();
+    common::produce(cluster.producer(), &ft, feats).await;
+    common::produce(cluster.producer(), &lt, label_msgs).await;
+    engine
+        .query(&format!(
+            "CREATE EXTERNAL TABLE pw_f (user_id VARCHAR NOT NULL, v BIGINT, m BIGINT, event_time TIMESTAMP NOT NULL) \
+             STORED AS KAFKA LOCATION '{ft}' OPTIONS ('key' 'user_id', 'event_time' 'event_time'); \
+             CREATE EXTERNAL TABLE pw_l (id BIGINT, user_id VARCHAR NOT NULL, m BIGINT, event_time TIMESTAMP NOT NULL) \
+             STORED AS KAFKA LOCATION '{lt}' OPTIONS ('key' 'user_id', 'event_time' 'event_time')"
+        ))
+        .await
+        .expect("create");
+    CoPartitioned { engine, catalog, labels }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn co_partitioned_kafka_tables_join_partition_wise_and_match_the_oracle() {
+    let cluster = common::cluster();
+    let t = co_partitioned(&cluster, 3000, 40).await;
+    // the feature rows as Kafka holds them, with the offsets and partitions that break ties
+    let feats: Vec<(String, i64, i64, i64, i64)> =
+        common::rows(&t.engine, "SELECT user_id, v, m, _offset, _partition FROM pw_f")
+            .await
+            .into_iter()
+            .map(|r| {
+                (
+                    r[0].clone(),
+                    r[1].parse().unwrap(),
+                    r[2].parse().unwrap(),
+                    r[3].parse().unwrap(),
+                    r[4].parse().unwrap(),
+                )
+            })
+            .collect();
+    assert_eq!(feats.len(), 3000);
+    for (right, keep) in [("pw_f", None), ("(SELECT * FROM pw_f WHERE _partition IN (0, 2, 3))", Some(1))] {
+        for op in [">=", ">", "<=", "<"] {
+            let sql = format!(
+                "SELECT l.id, f.v FROM pw_l l ASOF JOIN {right} f \
+                 MATCH_CONDITION (l.event_time {op} f.event_time) ON l.user_id = f.user_id ORDER BY l.id"
+            );
+            let plan = common::explain(&t.engine, &sql).await;
+            assert!(plan.contains("partition_wise=[4 Kafka partitions"), "{sql}\n{plan}");
+            let got = common::rows(&t.engine, &sql).await;
+            let want: Vec<Vec<String>> = t
+                .labels
+                .iter()
+                .map(|(id, k, lm)| {
+                    let candidates = feats.iter().filter(|f| {
+                        &f.0 == k
+                            && keep.is_none_or(|skip| f.4 != skip)
+                            && match op {
+                                ">=" => *lm >= f.2,
+                                ">" => *lm > f.2,
+                                "<=" => *lm <= f.2,
+                                _ => *lm < f.2,
+                            }
+                    });
+                    let best = match op {
+                        ">=" | ">" => candidates.max_by_key(|f| (f.2, f.3, f.4)),
+                        _ => candidates.max_by_key(|f| (std::cmp::Reverse(f.2), f.3, f.4)),
+                    };
+                    vec![id.to_string(), best.map_or("NULL".into(), |f| f.1.to_string())]
+                })
+                .collect();
+            assert_eq!(got, want, "{sql}");
+        }
+    }
+    // a right side that is not keyed the same way is joined globally, with the same answers
+    let global = "SELECT l.id, f.v FROM pw_l l ASOF JOIN (SELECT upper(user_id) AS uk, * FROM pw_f) f \
+                  MATCH_CONDITION (l.event_time >= f.event_time) ON upper(l.user_id) = f.uk ORDER BY l.id";
+    let plan = common::explain(&t.engine, global).await;
+    assert!(plan.contains("AsofJoinExec") && !plan.contains("partition_wise"), "{plan}");
+    let pw = "SELECT l.id, f.v FROM pw_l l ASOF JOIN pw_f f \
+              MATCH_CONDITION (l.event_time >= f.event_time) ON l.user_id = f.user_id ORDER BY l.id";
+    assert_eq!(common::rows(&t.engine, global).await, common::rows(&t.engine, pw).await);
+}
+
+/// The peak memory of the ASOF join's right-side index(es) while running `sql`, and its answer.
+async fn asof_peak(engine: &kfsql::Engine, sql: &str) -> kfsql::Result<(usize, Vec<Vec<String>>)> {
+    use datafusion::physical_plan::ExecutionPlan;
+    let stmt = engine.parse(sql)?.remove(0);
+    let plan = engine.plan(stmt).await?;
+    let state = engine.context().state();
+    let physical = state.create_physical_plan(&plan).await?;
+    let batches = datafusion::physical_plan::collect(physical.clone(), engine.context().task_ctx()).await?;
+    fn find(p: &Arc<dyn ExecutionPlan>) -> Option<usize> {
+        if p.name() == "AsofJoinExec" {
+            return p.metrics()?.sum_by_name("right_mem_peak").map(|v| v.as_usize());
+        }
+        p.children().into_iter().find_map(find)
+    }
+    Ok((find(&physical).expect("an AsofJoinExec with metrics"), common::to_text(&batches)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_wise_join_holds_one_partition_of_the_right_side() {
+    let cluster = common::cluster();
+    let t = co_partitioned(&cluster, 20_000, 400).await;
+    let pw = "SELECT count(*), count(f.v), sum(f.v) FROM pw_l l ASOF JOIN pw_f f \
+              MATCH_CONDITION (l.event_time >= f.event_time) ON l.user_id = f.user_id";
+    // the same join with keys the planner cannot prove co-partitioned: the whole right side at once
+    let global = "SELECT count(*), count(f.v), sum(f.v) FROM pw_l l ASOF JOIN (SELECT upper(user_id) AS uk, * FROM pw_f) f \
+                  MATCH_CONDITION (l.event_time >= f.event_time) ON upper(l.user_id) = f.uk";
+    let (pw_peak, pw_answer) = asof_peak(&t.engine, pw).await.expect("partition-wise");
+    let (global_peak, global_answer) = asof_peak(&t.engine, global).await.expect("global");
+    assert_eq!(pw_answer, global_answer);
+    eprintln!("right side peak: partition-wise {pw_peak} B, whole {global_peak} B");
+    assert!(pw_peak * 2 < global_peak, "partition-wise peak {pw_peak} B vs whole right side {global_peak} B");
+    // under a memory limit between the two, only the partition-wise join fits
+    let limit = (pw_peak + global_peak) / 2;
+    let config = kfsql::EngineConfig {
+        catalog_topic: t.catalog.clone(),
+        memory_limit: Some(limit),
+        query_timeout: std::time::Duration::from_secs(30),
+        ..Default::default()
+    };
+    let limited = kfsql::Engine::start(cluster.clone(), config).await.expect("engine");
+    assert_eq!(common::rows(&limited, pw).await, pw_answer, "partition-wise within {limit} B");
+    let err = limited.query(global).await.expect_err("the whole right side does not fit");
+    assert_eq!(err.sqlstate(), "53200", "{err}");
+}

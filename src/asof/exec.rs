@@ -1,6 +1,12 @@
-//! `AsofJoinExec`: the physical ASOF join. The right side is read once into memory (accounted in DataFusion's memory
+//! `AsofJoinExec`: the physical ASOF join. The right side is read into memory (accounted in DataFusion's memory
 //! pool: too large a right side is a resources-exhausted error, not an OOM kill) and indexed by key, each key's rows
 //! sorted by (time, offset, partition); every left batch then streams through with one binary search per row.
+//!
+//! Two modes:
+//! * **global**: the whole right side is indexed once and shared by every left partition, probed in parallel;
+//! * **partition-wise**, when both sides are Kafka tables co-partitioned by the join key (see [`super::copartition`]):
+//!   Kafka partition p's right rows are indexed, partition p's left rows probe them, the index is dropped, then the
+//!   next partition. No shuffle, and at most one partition's right side is in memory at any time.
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,13 +21,15 @@ use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties, collect,
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning, PlanProperties, execute_stream,
 };
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tokio::sync::OnceCell;
 
+use super::copartition::{PartitionPair, partition_pairs};
 use super::node::AsofOp;
 
 /// The ASOF join operator.
@@ -39,7 +47,11 @@ pub struct AsofJoinExec {
     tie: [Option<usize>; 2],
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
+    /// Global mode: the right side's index, built by the first partition that needs it and shared.
     index: Arc<OnceCell<Arc<RightIndex>>>,
+    /// Partition-wise mode: the (left, right) partitions of each Kafka partition, joined in turn.
+    pairs: Option<Vec<PartitionPair>>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
 /// The hashable bytes of each row's key: a single string key as its own bytes (no copy), anything else in Arrow's
@@ -101,9 +113,14 @@ impl AsofJoinExec {
         tie: [Option<usize>; 2],
         schema: SchemaRef,
     ) -> Result<Self> {
+        let pairs = partition_pairs(&left, &right, &left_keys, &right_keys);
+        let partitioning = match &pairs {
+            Some(_) => Partitioning::UnknownPartitioning(1),
+            None => left.output_partitioning().clone(),
+        };
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
-            left.output_partitioning().clone(),
+            partitioning,
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
@@ -120,7 +137,14 @@ impl AsofJoinExec {
             schema,
             properties: Arc::new(properties),
             index: Arc::new(OnceCell::new()),
+            pairs,
+            metrics: ExecutionPlanMetricsSet::new(),
         })
+    }
+
+    /// Whether the join runs partition by partition (the sides are co-partitioned Kafka tables).
+    pub fn is_partition_wise(&self) -> bool {
+        self.pairs.is_some()
     }
 }
 
@@ -139,6 +163,9 @@ impl DisplayAs for AsofJoinExec {
         if let Some(t) = self.ttl_nanos {
             write!(f, ", ttl={:?}", std::time::Duration::from_nanos(t.max(0) as u64))?;
         }
+        if let Some(pairs) = &self.pairs {
+            write!(f, ", partition_wise=[{} Kafka partitions, one at a time]", pairs.len())?;
+        }
         Ok(())
     }
 }
@@ -154,6 +181,16 @@ impl ExecutionPlan for AsofJoinExec {
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
         vec![&self.left, &self.right]
+    }
+
+    /// A repartition under a partition-wise join would break its co-partitioning; the global mode's right side is
+    /// read whole anyway.
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![self.pairs.is_none(), false]
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
     }
 
     fn apply_expressions(
@@ -187,28 +224,82 @@ impl ExecutionPlan for AsofJoinExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let left = self.left.execute(partition, context.clone())?;
-        let (right, index) = (self.right.clone(), self.index.clone());
-        let (right_keys, right_time, tie) = (self.right_keys.clone(), self.right_time.clone(), self.tie);
-        let (left_keys, left_time) = (self.left_keys.clone(), self.left_time.clone());
-        let (op, ttl, schema) = (self.op, self.ttl_nanos, self.schema.clone());
-        let ctx = context.clone();
-        let stream = futures::stream::once(async move {
-            let idx = index
-                .get_or_try_init(|| async {
-                    build_index(right, &right_keys, &right_time, tie, ctx).await.map(Arc::new)
-                })
-                .await?
-                .clone();
-            let schema = schema.clone();
-            Ok::<_, DataFusionError>(left.and_then(move |batch| {
-                let out = probe(&idx, &batch, &left_keys, &left_time, op, ttl, &schema);
-                futures::future::ready(out)
-            }))
-        })
-        .try_flatten();
+        let build = IndexSpec {
+            keys: self.right_keys.clone(),
+            time: self.right_time.clone(),
+            tie: self.tie,
+            peak: MetricBuilder::new(&self.metrics).gauge("right_mem_peak", partition),
+        };
+        let probe_spec = Arc::new(ProbeSpec {
+            keys: self.left_keys.clone(),
+            time: self.left_time.clone(),
+            op: self.op,
+            ttl: self.ttl_nanos,
+            schema: self.schema.clone(),
+        });
+        let Some(pairs) = self.pairs.clone() else {
+            let left = self.left.execute(partition, context.clone())?;
+            let (right, index) = (self.right.clone(), self.index.clone());
+            let stream = futures::stream::once(async move {
+                let idx = index
+                    .get_or_try_init(|| async {
+                        let input = execute_stream(right, context.clone())?;
+                        build.build(input, &context).await.map(Arc::new)
+                    })
+                    .await?
+                    .clone();
+                Ok::<_, DataFusionError>(probe_all(left, idx, probe_spec))
+            })
+            .try_flatten();
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream)));
+        };
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "a partition-wise AsofJoinExec has one partition, not {partition}"
+            )));
+        }
+        let (left, right) = (self.left.clone(), self.right.clone());
+        let build = Arc::new(build);
+        // One Kafka partition at a time: `then` builds the next index only after `try_flatten` has drained (and
+        // dropped) the previous partition's probe stream, which owns that partition's index.
+        let stream = futures::stream::iter(pairs)
+            .then(move |pair| {
+                let (left, right, context) = (left.clone(), right.clone(), context.clone());
+                let (build, probe_spec) = (build.clone(), probe_spec.clone());
+                async move {
+                    // start reading the left partition while its right side is indexed
+                    let left = left.execute(pair.left, context.clone())?;
+                    let input = match pair.right {
+                        Some(r) => right.execute(r, context.clone())?,
+                        None => Box::pin(RecordBatchStreamAdapter::new(right.schema(), futures::stream::empty())),
+                    };
+                    let idx = Arc::new(build.build(input, &context).await?);
+                    Ok::<_, DataFusionError>(probe_all(left, idx, probe_spec))
+                }
+            })
+            .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream)))
     }
+}
+
+/// What the probe side needs, shared by the streams of one execution.
+struct ProbeSpec {
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    time: Arc<dyn PhysicalExpr>,
+    op: AsofOp,
+    ttl: Option<i64>,
+    schema: SchemaRef,
+}
+
+/// Probe every batch of `left` against `idx`; the stream owns the index and frees it when done.
+fn probe_all(
+    left: SendableRecordBatchStream,
+    idx: Arc<RightIndex>,
+    spec: Arc<ProbeSpec>,
+) -> impl futures::Stream<Item = Result<RecordBatch>> + Send {
+    left.and_then(move |batch| {
+        futures::future::ready(probe(&idx, &batch, &spec.keys, &spec.time, spec.op, spec.ttl, &spec.schema))
+    })
 }
 
 /// Key columns in a type both sides can agree on: integers as Int64, dictionaries unpacked. (Strings keep their
@@ -249,19 +340,39 @@ fn eval(exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<Arra
     exprs.iter().map(|e| e.evaluate(batch)?.into_array(batch.num_rows()).and_then(normalize_key)).collect()
 }
 
+/// How to index the right side.
+struct IndexSpec {
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    time: Arc<dyn PhysicalExpr>,
+    tie: [Option<usize>; 2],
+    /// The most memory one index held (EXPLAIN ANALYZE shows it).
+    peak: datafusion::physical_plan::metrics::Gauge,
+}
+
+impl IndexSpec {
+    async fn build(&self, input: SendableRecordBatchStream, context: &Arc<TaskContext>) -> Result<RightIndex> {
+        let index = build_index(input, &self.keys, &self.time, self.tie, context).await?;
+        self.peak.set_max(index._reservation.size());
+        Ok(index)
+    }
+}
+
 async fn build_index(
-    right: Arc<dyn ExecutionPlan>,
+    mut input: SendableRecordBatchStream,
     keys: &[Arc<dyn PhysicalExpr>],
     time: &Arc<dyn PhysicalExpr>,
     tie: [Option<usize>; 2],
-    context: Arc<TaskContext>,
+    context: &Arc<TaskContext>,
 ) -> Result<RightIndex> {
-    let schema = right.schema();
+    let schema = input.schema();
     let reservation = MemoryConsumer::new("AsofJoinExec right side").register(context.memory_pool());
-    let batches = collect(right, context).await?;
-    for b in &batches {
+    let mut batches = Vec::new();
+    while let Some(b) = input.next().await {
+        let b = b?;
         reservation.try_grow(b.get_array_memory_size())?;
+        batches.push(b);
     }
+    drop(input);
     let batch = concat_batches(&schema, &batches)?;
     drop(batches);
     let key_arrays = eval(keys, &batch)?;

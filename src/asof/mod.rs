@@ -10,8 +10,10 @@
 //!    because DataFusion's relation planners see nested joins but not top-level join operators;
 //! 2. [`AsofRelationPlanner`] plans such a nested join: its ASOF joins become the [`AsofJoin`] logical extension
 //!    node, its other joins ordinary joins;
-//! 3. [`AsofQueryPlanner`] turns [`AsofJoin`] into [`AsofJoinExec`], visible in EXPLAIN.
+//! 3. [`AsofQueryPlanner`] turns [`AsofJoin`] into [`AsofJoinExec`], visible in EXPLAIN, which joins partition by
+//!    partition when both sides are Kafka tables co-partitioned by the join key ([`copartition`]).
 
+mod copartition;
 mod exec;
 mod node;
 mod plan;

@@ -41,6 +41,12 @@ impl KafkaTableFactory {
         m.entry(name.to_string()).or_default().clone()
     }
 
+    /// Messages and bytes all scans of all tables have read so far (progress of long statements).
+    pub fn read_totals(&self) -> (u64, u64) {
+        let m = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        m.values().map(|s| s.snapshot()).fold((0, 0), |(n, b), s| (n + s.messages, b + s.bytes))
+    }
+
     /// Build a table from a definition already validated (e.g. read back from the catalog topic).
     pub fn table_from_definition(&self, def: TableDefinition) -> Result<KafkaTable> {
         let stats = self.stats_for(&def.name);

@@ -173,6 +173,7 @@ impl TableProvider for KafkaTable {
             projection: projection.cloned(),
             projected_schema,
             partitioner: self.options.partitioner,
+            key_column: self.options.key.clone(),
             limit,
             stall_timeout: self.stall_timeout,
             stats: self.stats.clone(),

@@ -58,12 +58,33 @@ pub struct ScanSpec {
     pub projection: Option<Vec<usize>>,
     pub projected_schema: SchemaRef,
     pub partitioner: Partitioner,
+    /// The declared key column, whose text is the message key (see DESIGN.md "Keys and partitions").
+    pub key_column: Option<String>,
     pub limit: Option<usize>,
     /// How long a partition may go without delivering a message before the scan fails.
     pub stall_timeout: Duration,
     pub stats: Arc<TableStats>,
     /// What pushdown did, for EXPLAIN.
     pub pushdown: String,
+}
+
+/// How a scan's output partitions hold keys (see [`KafkaScanExec::key_partitioning`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyPartitioning {
+    pub partitioner: Partitioner,
+    pub partition_count: i32,
+    pub data_type: datafusion::arrow::datatypes::DataType,
+    /// The Kafka partition behind each output partition.
+    pub kafka_partitions: Vec<i32>,
+}
+
+impl KeyPartitioning {
+    /// Equal keys land in the same Kafka partition number on both sides.
+    pub fn compatible(&self, other: &KeyPartitioning) -> bool {
+        self.partitioner == other.partitioner
+            && self.partition_count == other.partition_count
+            && self.data_type == other.data_type
+    }
 }
 
 /// Reads Kafka partitions as a bounded DataFusion source.
@@ -87,6 +108,24 @@ impl KafkaScanExec {
 
     pub fn ranges(&self) -> &[PartitionRange] {
         &self.ranges
+    }
+
+    /// How output column `column` places rows in partitions, when it is the message key (the declared key column or
+    /// `_key`) and the table's partitioner is known: then output partition `i` holds exactly the keys hashing to Kafka
+    /// partition `kafka_partitions[i]`. Two scans with equal [`KeyPartitioning::compatible`] are co-partitioned.
+    pub fn key_partitioning(&self, column: usize) -> Option<KeyPartitioning> {
+        let field = self.spec.projected_schema.fields().get(column)?;
+        let is_key = field.name() == crate::table::definition::META_KEY
+            || self.spec.key_column.as_deref() == Some(field.name().as_str());
+        if !is_key || self.spec.partitioner == Partitioner::None {
+            return None;
+        }
+        Some(KeyPartitioning {
+            partitioner: self.spec.partitioner,
+            partition_count: self.spec.partition_count,
+            data_type: field.data_type().clone(),
+            kafka_partitions: self.ranges.iter().map(|r| r.partition).collect(),
+        })
     }
 
     /// Messages this scan will read at most.

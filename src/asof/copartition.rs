@@ -1,0 +1,83 @@
+//! Co-partitioning: when both sides of an ASOF join read Kafka tables partitioned by the join key (same partitioner,
+//! same partition count, same key type), partition p of the left side can only match partition p of the right side
+//! (DESIGN.md "Keys and partitions"), so the join runs partition by partition with no shuffle and only one partition's
+//! right side in memory.
+//!
+//! Found by walking down each physical input through operators that keep rows in their partition (projections,
+//! filters, batch coalescing, cooperative wrappers) to a [`KafkaScanExec`], following the join key column.
+
+use std::sync::Arc;
+
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::coop::CooperativeExec;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+
+use crate::table::scan::{KafkaScanExec, KeyPartitioning};
+
+/// One unit of a partition-wise join: the left and right output partitions holding Kafka partition `kafka_partition`
+/// (no right partition: that side read nothing there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionPair {
+    pub kafka_partition: i32,
+    pub left: usize,
+    pub right: Option<usize>,
+}
+
+/// The partition pairs of a co-partitioned join, or None when the sides are not provably co-partitioned.
+pub fn partition_pairs(
+    left: &Arc<dyn ExecutionPlan>,
+    right: &Arc<dyn ExecutionPlan>,
+    left_keys: &[Arc<dyn PhysicalExpr>],
+    right_keys: &[Arc<dyn PhysicalExpr>],
+) -> Option<Vec<PartitionPair>> {
+    // Rows equal on every key pair are equal on any one: one co-partitioned pair is enough.
+    left_keys.iter().zip(right_keys).find_map(|(l, r)| {
+        let (l, r) = (key_partitioning(left, l)?, key_partitioning(right, r)?);
+        if !l.compatible(&r) {
+            return None;
+        }
+        let pairs = l
+            .kafka_partitions
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| PartitionPair {
+                kafka_partition: p,
+                left: i,
+                right: r.kafka_partitions.iter().position(|&q| q == p),
+            })
+            .collect();
+        Some(pairs)
+    })
+}
+
+/// How `plan` places the values of `key` (a column of its output) in its output partitions.
+fn key_partitioning(plan: &Arc<dyn ExecutionPlan>, key: &Arc<dyn PhysicalExpr>) -> Option<KeyPartitioning> {
+    let column = key.downcast_ref::<Column>()?.index();
+    source_column(plan, column)
+}
+
+fn source_column(plan: &Arc<dyn ExecutionPlan>, column: usize) -> Option<KeyPartitioning> {
+    let any = plan.as_ref();
+    if let Some(scan) = any.downcast_ref::<KafkaScanExec>() {
+        return scan.key_partitioning(column);
+    }
+    if let Some(p) = any.downcast_ref::<ProjectionExec>() {
+        let expr = &p.expr().get(column)?.expr;
+        let inner = expr.downcast_ref::<Column>()?.index();
+        return source_column(p.input(), inner);
+    }
+    if let Some(f) = any.downcast_ref::<FilterExec>() {
+        let inner = match f.projection() {
+            Some(p) => *p.get(column)?,
+            None => column,
+        };
+        return source_column(f.input(), inner);
+    }
+    if let Some(c) = any.downcast_ref::<CooperativeExec>() {
+        return source_column(c.input(), column);
+    }
+    None
+}

@@ -89,6 +89,7 @@ pub struct EngineInner {
     config: EngineConfig,
     defs: RwLock<BTreeMap<String, TableDefinition>>,
     compat: PostgresCompatibilityParser,
+    latest: Arc<crate::latest::LatestViews>,
 }
 
 impl Engine {
@@ -115,13 +116,19 @@ impl Engine {
         datafusion_pg_catalog::setup_pg_catalog(&ctx, &config.database, EmptyContextProvider)
             .map_err(|e| KfsqlError::Internal(format!("setting up pg_catalog: {e}")))?;
         ctx.register_relation_planner(Arc::new(crate::asof::AsofRelationPlanner))?;
-        let catalog = CatalogStore::new(cluster, &config.catalog_topic);
+        let catalog = CatalogStore::new(cluster.clone(), &config.catalog_topic);
+        let latest = crate::latest::LatestViews::new(cluster);
+        ctx.register_udtf(
+            crate::latest::AS_OF_FUNCTION,
+            Arc::new(crate::latest::LatestAsOfFunction { views: Arc::downgrade(&latest) }),
+        );
         let inner = Arc::new_cyclic(|weak| {
             let db = ctx.catalog(&config.database);
-            if let Some(db) = db
-                && let Ok(schema) = crate::system::schema(weak.clone())
-            {
-                let _ = db.register_schema("kfsql", schema);
+            if let Some(db) = db {
+                if let Ok(schema) = crate::system::schema(weak.clone()) {
+                    let _ = db.register_schema("kfsql", schema);
+                }
+                let _ = db.register_schema("latest", latest.schema_provider());
             }
             EngineInner {
                 ctx,
@@ -130,6 +137,7 @@ impl Engine {
                 config,
                 defs: RwLock::new(BTreeMap::new()),
                 compat: PostgresCompatibilityParser::new(),
+                latest,
             }
         });
 
@@ -336,6 +344,11 @@ impl EngineInner {
         &self.factory
     }
 
+    /// The latest views of online tables.
+    pub fn latest(&self) -> &Arc<crate::latest::LatestViews> {
+        &self.latest
+    }
+
     /// Apply a catalog change to the session (idempotent).
     fn apply(&self, change: CatalogChange) -> Result<()> {
         match change {
@@ -351,6 +364,7 @@ impl EngineInner {
                 if removed.is_some() {
                     self.ctx.deregister_table(public(&name))?;
                 }
+                self.latest.stop(&name);
                 Ok(())
             }
         }
@@ -360,6 +374,7 @@ impl EngineInner {
         let def = table.definition().clone();
         let name = public(&def.name);
         self.ctx.deregister_table(name.clone())?;
+        self.latest.sync(&table)?;
         self.ctx.register_table(name, Arc::new(table))?;
         self.defs.write().unwrap_or_else(|p| p.into_inner()).insert(def.name.clone(), def);
         Ok(())
@@ -415,6 +430,12 @@ impl EngineInner {
     }
 
     async fn run_plan(&self, plan: LogicalPlan) -> Result<Output> {
+        if let Some(lookup) = crate::latest::lookup::Lookup::from_plan(&plan) {
+            let batch = lookup.run()?;
+            let schema = batch.schema();
+            let rows = futures::stream::once(futures::future::ready(Ok(batch)));
+            return Ok(Output::Rows(Box::pin(RecordBatchStreamAdapter::new(schema, rows))));
+        }
         match plan {
             LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) if cmd.file_type.eq_ignore_ascii_case("kafka") => {
                 self.create_kafka_table(&cmd).await

@@ -31,6 +31,9 @@ pub enum KfsqlError {
     /// A message that could not be decoded under `bad_messages = 'fail'` (22P02).
     #[error("{0}")]
     BadMessage(String),
+    /// An object that is not ready yet, e.g. a latest view still loading (55000).
+    #[error("{0}")]
+    NotReady(String),
     /// The client is not allowed to do this (42501).
     #[error("permission denied: {0}")]
     PermissionDenied(String),
@@ -57,6 +60,7 @@ impl KfsqlError {
             KfsqlError::Kafka(_) => "08006",
             KfsqlError::BadMessage(_) => "22P02",
             KfsqlError::PermissionDenied(_) => "42501",
+            KfsqlError::NotReady(_) => "55000",
             KfsqlError::DataFusion(e) => datafusion_sqlstate(e),
             KfsqlError::Internal(_) => "XX000",
         }
@@ -88,6 +92,7 @@ impl KfsqlError {
             KfsqlError::InvalidParameter(m) => KfsqlError::InvalidParameter(m.clone()),
             KfsqlError::UndefinedTable(m) => KfsqlError::UndefinedTable(m.clone()),
             KfsqlError::Unsupported(m) => KfsqlError::Unsupported(m.clone()),
+            KfsqlError::NotReady(m) => KfsqlError::NotReady(m.clone()),
             _ => KfsqlError::Internal(msg),
         }
     }

@@ -1,7 +1,8 @@
 //! kfsql: Kafka topics as an ML feature store, queried with SQL over the Postgres wire protocol.
 //!
 //! The modules follow the data path: [`kafka`] (brokers, offsets, partitioners) → [`codec`] (bytes → Arrow) →
-//! [`table`] (DataFusion providers and scans) → [`engine`] (statements, catalog, timeouts) → [`server`] (pg-wire).
+//! [`table`] (DataFusion providers and scans) → [`asof`] (point-in-time joins), [`latest`] (online latest-value
+//! views) → [`engine`] (statements, catalog, timeouts) → [`server`] (pg-wire).
 //! [`catalog`] persists table definitions in a compacted topic; [`system`] exposes the `kfsql.*` tables; [`demo`]
 //! loads the fraud example into the embedded cluster.
 
@@ -12,6 +13,7 @@ pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod kafka;
+pub mod latest;
 pub mod server;
 pub mod sql;
 pub mod system;

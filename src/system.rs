@@ -1,5 +1,6 @@
 //! The `kfsql` schema: system tables computed when they are read — `kfsql.tables` (every Kafka table and its
-//! options) and `kfsql.table_stats` (what scans have read: messages, bytes, bad messages, tombstones, misrouted keys).
+//! options), `kfsql.table_stats` (what scans have read: messages, bytes, bad messages, tombstones, misrouted keys)
+//! and `kfsql.freshness` (per latest view: readiness, consumer lag, newest event time applied and when).
 
 use std::sync::{Arc, Weak};
 
@@ -53,7 +54,14 @@ pub fn schema(engine: Weak<EngineInner>) -> DfResult<Arc<dyn SchemaProvider>> {
         "tables".into(),
         Arc::new(SystemTable { schema: tables_schema(), engine: engine.clone(), rows: tables_rows }),
     )?;
-    s.register_table("table_stats".into(), Arc::new(SystemTable { schema: stats_schema(), engine, rows: stats_rows }))?;
+    s.register_table(
+        "table_stats".into(),
+        Arc::new(SystemTable { schema: stats_schema(), engine: engine.clone(), rows: stats_rows }),
+    )?;
+    s.register_table(
+        "freshness".into(),
+        Arc::new(SystemTable { schema: freshness_schema(), engine, rows: freshness_rows }),
+    )?;
     Ok(Arc::new(s))
 }
 
@@ -125,4 +133,73 @@ fn stats_rows(engine: &EngineInner) -> DfResult<RecordBatch> {
     let mut arrays: Vec<ArrayRef> = vec![Arc::new(StringArray::from(names)), Arc::new(StringArray::from(topics))];
     arrays.extend(nums.into_iter().map(|c| Arc::new(UInt64Array::from(c)) as ArrayRef));
     Ok(RecordBatch::try_new(stats_schema(), arrays)?)
+}
+
+fn freshness_schema() -> SchemaRef {
+    let ts = || DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Nanosecond, None);
+    Arc::new(Schema::new(vec![
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("ready", DataType::Boolean, false),
+        Field::new("load_seconds", DataType::Float64, true),
+        Field::new("keys", DataType::UInt64, false),
+        Field::new("lag_messages", DataType::Int64, false),
+        Field::new("newest_event_time", ts(), true),
+        Field::new("last_applied_at", ts(), true),
+        Field::new("caught_up_at", ts(), true),
+        Field::new("staleness_ms", DataType::Int64, true),
+        Field::new("messages", DataType::UInt64, false),
+        Field::new("tombstones", DataType::UInt64, false),
+        Field::new("bad_messages", DataType::UInt64, false),
+        Field::new("lookups", DataType::UInt64, false),
+        Field::new("payload_bytes", DataType::UInt64, false),
+        Field::new("memory_bytes", DataType::UInt64, false),
+        Field::new("last_error", DataType::Utf8, true),
+    ]))
+}
+
+fn freshness_rows(engine: &EngineInner) -> DfResult<RecordBatch> {
+    use datafusion::arrow::array::{BooleanArray, Float64Array, Int64Array, TimestampNanosecondArray};
+    use std::sync::atomic::Ordering::Relaxed;
+    let views = engine.latest().all();
+    let now = crate::latest::view::now_ns();
+    let when = |ns: i64| (ns > 0).then_some(ns);
+    let mut sizes = Vec::new();
+    for v in &views {
+        let st = v.state.read().unwrap_or_else(|p| p.into_inner());
+        sizes.push((st.len() as u64, st.payload_bytes() as u64, st.memory_bytes() as u64));
+    }
+    fn f(v: &crate::latest::LatestView) -> &crate::latest::view::Freshness {
+        &v.fresh
+    }
+    let arrays: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(views.iter().map(|v| v.name.clone()))),
+        Arc::new(StringArray::from_iter_values(views.iter().map(|v| v.topic.clone()))),
+        Arc::new(BooleanArray::from(views.iter().map(|v| v.ready.load(Relaxed)).collect::<Vec<_>>())),
+        Arc::new(Float64Array::from_iter(views.iter().map(|v| {
+            let ns = v.load_ns.load(Relaxed);
+            (ns > 0).then(|| ns as f64 / 1e9)
+        }))),
+        Arc::new(UInt64Array::from_iter_values(sizes.iter().map(|s| s.0))),
+        Arc::new(Int64Array::from_iter_values(views.iter().map(|v| f(v).lag.load(Relaxed)))),
+        Arc::new(TimestampNanosecondArray::from_iter(views.iter().map(|v| {
+            let t = f(v).newest_event_ns.load(Relaxed);
+            (t != i64::MIN).then_some(t)
+        }))),
+        Arc::new(TimestampNanosecondArray::from_iter(views.iter().map(|v| when(f(v).last_applied_ns.load(Relaxed))))),
+        Arc::new(TimestampNanosecondArray::from_iter(views.iter().map(|v| when(f(v).caught_up_ns.load(Relaxed))))),
+        Arc::new(Int64Array::from_iter(
+            views.iter().map(|v| when(f(v).caught_up_ns.load(Relaxed)).map(|t| (now - t).max(0) / 1_000_000)),
+        )),
+        Arc::new(UInt64Array::from_iter_values(views.iter().map(|v| f(v).messages.load(Relaxed)))),
+        Arc::new(UInt64Array::from_iter_values(views.iter().map(|v| f(v).tombstones.load(Relaxed)))),
+        Arc::new(UInt64Array::from_iter_values(views.iter().map(|v| f(v).bad.load(Relaxed)))),
+        Arc::new(UInt64Array::from_iter_values(views.iter().map(|v| f(v).lookups.load(Relaxed)))),
+        Arc::new(UInt64Array::from_iter_values(sizes.iter().map(|s| s.1))),
+        Arc::new(UInt64Array::from_iter_values(sizes.iter().map(|s| s.2))),
+        Arc::new(StringArray::from_iter(
+            views.iter().map(|v| f(v).last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+        )),
+    ];
+    Ok(RecordBatch::try_new(freshness_schema(), arrays)?)
 }

@@ -3,7 +3,9 @@
 //!
 //! DataFusion would silently ignore the parsed version, so every version clause is rewritten here, in the AST, into
 //! a derived table `(SELECT * FROM t WHERE _timestamp <= ts) AS t` before planning; any other kind of version clause
-//! is refused.
+//! is refused. On a latest view (`latest.t FOR SYSTEM_TIME AS OF ts`) the same clause means "the newest value per
+//! key among what had arrived by ts" and becomes the table function that replays the log
+//! (see [`crate::latest::table`]).
 
 use std::ops::ControlFlow;
 
@@ -12,6 +14,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 
 use super::dialect::KfsqlDialect;
 use crate::error::KfsqlError;
+use crate::latest::AS_OF_FUNCTION;
 use crate::table::definition::META_TIMESTAMP;
 
 /// Rewrite every `FOR SYSTEM_TIME AS OF` in `stmt`. Returns whether anything changed.
@@ -43,7 +46,15 @@ impl VisitorMut for Rewriter {
             Some(a) => a.to_string().trim_start_matches("AS ").to_string(),
             None => name.0.last().map(|p| p.to_string()).unwrap_or_else(|| name.to_string()),
         };
-        let sql = format!("SELECT * FROM (SELECT * FROM {name} WHERE {META_TIMESTAMP} <= ({at})) AS {alias_sql}");
+        let parts: Vec<String> = name.0.iter().map(|p| p.to_string().trim_matches('"').to_string()).collect();
+        let sql = match parts.as_slice() {
+            // a latest view as known at T: the newest value per key among what had arrived by T, from the log
+            [schema, table] if schema.eq_ignore_ascii_case("latest") => {
+                let table = table.replace('\'', "''");
+                format!("SELECT * FROM {AS_OF_FUNCTION}('{table}', ({at})) AS {alias_sql}")
+            }
+            _ => format!("SELECT * FROM (SELECT * FROM {name} WHERE {META_TIMESTAMP} <= ({at})) AS {alias_sql}"),
+        };
         match derived_factor(&sql) {
             Some(derived) => {
                 *factor = derived;

@@ -55,6 +55,18 @@ impl KafkaTable {
         &self.options
     }
 
+    pub fn decoder(&self) -> &JsonDecoder {
+        &self.decoder
+    }
+
+    pub fn cluster(&self) -> &Arc<KafkaCluster> {
+        &self.cluster
+    }
+
+    pub fn stall_timeout(&self) -> Duration {
+        self.stall_timeout
+    }
+
     pub fn stats(&self) -> &Arc<TableStats> {
         &self.stats
     }

@@ -82,7 +82,10 @@ check 'EXPLAIN shows the partitions read' 'partitions=1/4' -c "EXPLAIN SELECT * 
 got=$("${PSQL[@]}" -c '\set VERBOSITY verbose' -c 'SELECT * FROM nope' 2>&1 || true)
 grep -qF '42P01' <<<"$got" || { echo "psql check FAILED: errors carry SQLSTATE: $got"; exit 1; }
 echo "psql check ok: errors carry SQLSTATE ($got)"
+check 'latest view point lookup' 'u42' -At -c "SELECT user_id FROM latest.transactions WHERE user_id = 'u42'"
+check '\dt latest.* lists the online views' 'transactions' -c '\dt latest.*'
+check 'freshness shows the view ready' 't|' -At -c "SELECT ready, keys FROM kfsql.freshness WHERE table_name = 'transactions'"
 check 'the fraud example queries run' 'misrouted' -e -f sql/fraud/queries.sql
-echo "psql: 7 passed, 0 failed"
+echo "psql: 10 passed, 0 failed"
 
 log "all tests passed"

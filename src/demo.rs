@@ -141,5 +141,9 @@ pub async fn load(engine: &Engine, cluster: &KafkaCluster, transactions: usize, 
     produce_transactions(cluster.producer(), "transactions", &txns).await?;
     produce_labels(cluster.producer(), "labels", &txns).await?;
     engine.query(TABLES_SQL).await?;
+    // serve the online views only once they hold the demo's values
+    if !engine.inner().latest().wait_ready(Duration::from_secs(30)).await {
+        tracing::warn!("the demo's latest views are still loading; see kfsql.freshness");
+    }
     Ok(())
 }

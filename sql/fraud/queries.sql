@@ -17,5 +17,14 @@ SELECT count(*) FROM transactions FOR SYSTEM_TIME AS OF now() - INTERVAL '12 hou
 SELECT user_id, count(*) AS txn_count, sum(amount) AS amount_sum, count(DISTINCT country) AS countries
 FROM transactions GROUP BY user_id ORDER BY txn_count DESC LIMIT 10;
 
+-- Online serving: u42's newest transaction from latest.transactions, answered from memory (a point lookup, no scan).
+SELECT user_id, amount, merchant, country, event_time FROM latest.transactions WHERE user_id = 'u42';
+
+-- The online view as it was 12 hours ago, rebuilt from the log: equal, key by key, to an ASOF join at that time.
+SELECT count(*) AS users_then FROM latest.transactions FOR SYSTEM_TIME AS OF now() - INTERVAL '12 hours';
+
+-- How fresh the online views are: ready, keys, consumer lag, newest event time applied.
+SELECT table_name, ready, keys, lag_messages, newest_event_time, staleness_ms, lookups FROM kfsql.freshness;
+
 -- What scans have read so far, and any bad messages.
 SELECT * FROM kfsql.table_stats;

@@ -82,6 +82,18 @@ impl LatestViews {
         Ok(())
     }
 
+    /// Wait until every view has finished its initial load; false if `timeout` passed first.
+    pub async fn wait_ready(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.all().iter().all(|v| v.ready.load(Ordering::Acquire)) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// Stop following `name` and remove `latest.<name>`.
     pub fn stop(&self, name: &str) {
         if let Some(v) = self.views.write().unwrap_or_else(|p| p.into_inner()).remove(name) {

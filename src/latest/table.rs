@@ -33,8 +33,9 @@ impl TableProvider for LatestTable {
         self.view.schema.clone()
     }
 
+    /// A table to clients (psql `\dt latest.*`, BI tools), though kfsql maintains it.
     fn table_type(&self) -> TableType {
-        TableType::View
+        TableType::Base
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {

@@ -172,7 +172,9 @@ pub fn follow(view: Arc<LatestView>, config: ClientConfig, partitions: i32) {
     let mut next = vec![0i64; n];
     let mut at_end = vec![false; n];
     let mut batch: Vec<Raw> = Vec::with_capacity(MAX_BATCH);
-    let mut last_housekeeping = Instant::now() - Duration::from_secs(60);
+    let long_ago = || Instant::now().checked_sub(Duration::from_secs(60)).unwrap_or_else(Instant::now);
+    let mut last_housekeeping = long_ago();
+    let mut last_probe = long_ago();
     while !view.stopped.load(Ordering::Relaxed) {
         if start_highs.is_none() {
             let highs: std::result::Result<Vec<i64>, KafkaError> = (0..partitions)
@@ -203,6 +205,9 @@ pub fn follow(view: Arc<LatestView>, config: ClientConfig, partitions: i32) {
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     if let Some(e) = at_end.get_mut(p as usize) {
                         *e = true;
+                        // at the end: the high watermark (also when retention removed everything before it)
+                        let high = cached_high_watermark(&consumer, &topic, p).unwrap_or(0);
+                        next[p as usize] = next[p as usize].max(high);
                     }
                 }
                 Some(Err(e)) => {
@@ -227,8 +232,15 @@ pub fn follow(view: Arc<LatestView>, config: ClientConfig, partitions: i32) {
             })
             .sum();
         view.fresh.lag.store(lag, Ordering::Relaxed);
-        if at_end.iter().all(|e| *e) {
-            view.fresh.caught_up();
+        // Caught up means: at the end of every partition, and the broker just confirmed there is nothing newer. The
+        // confirmation (one ListOffsets, once a second) is what makes staleness grow while the brokers are away.
+        if at_end.iter().all(|e| *e) && last_probe.elapsed() > Duration::from_secs(1) {
+            last_probe = Instant::now();
+            match consumer.fetch_watermarks(&topic, 0, Duration::from_millis(500)) {
+                Ok((_, high)) if high <= next[0] => view.fresh.caught_up(),
+                Ok(_) => at_end[0] = false,
+                Err(e) => view.fresh.set_error(format!("{topic} unreachable, serving the last values: {e}")),
+            }
         }
         if !view.ready.load(Ordering::Relaxed)
             && let Some(highs) = &start_highs

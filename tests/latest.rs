@@ -265,3 +265,109 @@ async fn prepared_point_lookups_over_pg_wire() {
     let lookups = common::scalar(&engine, "SELECT lookups FROM kfsql.freshness WHERE table_name = 'pg'").await;
     assert_eq!(lookups, "61", "prepared lookups answered from the map");
 }
+
+async fn freshness(engine: &kfsql::Engine, table: &str) -> Vec<String> {
+    let sql = format!(
+        "SELECT ready, keys, lag_messages, messages, staleness_ms, last_error FROM kfsql.freshness WHERE table_name = '{table}'"
+    );
+    common::rows(engine, &sql).await.into_iter().next().expect("a freshness row")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_rebuilds_the_view_from_the_topic() {
+    let cluster = common::cluster();
+    let catalog = common::unique("catalog");
+    let engine = common::engine(&cluster, &catalog).await;
+    let topic = common::unique("latest_restart");
+    common::topic(&cluster, &topic, 3).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let msgs = random_messages(&mut StdRng::seed_from_u64(3), 2000, 300, now, true);
+    produce(&cluster, &topic, &msgs).await;
+    engine
+        .query(&format!(
+            "CREATE EXTERNAL TABLE rs {TABLE} STORED AS KAFKA LOCATION '{topic}' \
+             OPTIONS ('key' 'user_id', 'event_time' 'event_time', 'online' 'true')"
+        ))
+        .await
+        .expect("create");
+    wait_ready(&engine, "rs").await;
+    let before = as_map(common::rows(&engine, "SELECT user_id, score FROM latest.rs").await);
+    assert_eq!(before, oracle(&msgs, i64::MAX, i64::MIN));
+    drop(engine);
+    // a new server on the same catalog finds the online table and rebuilds its view before reporting ready
+    let again = common::engine(&cluster, &catalog).await;
+    wait_ready(&again, "rs").await;
+    assert_eq!(as_map(common::rows(&again, "SELECT user_id, score FROM latest.rs").await), before);
+    let f = freshness(&again, "rs").await;
+    assert_eq!(f[3], msgs.len().to_string(), "the rebuild read every message: {f:?}");
+}
+
+/// Needs Tansu (KFSQL_TANSU_BIN): the broker is killed under a live view and restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_keeps_serving_and_catching_up_loses_nothing() {
+    let Some(bin) = common::tansu_bin() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let broker = common::Tansu::start(&bin, dir.path(), port);
+    let cluster =
+        Arc::new(KafkaCluster::connect(&format!("127.0.0.1:{port}"), Duration::from_secs(2), vec![]).expect("client"));
+    common::topic(&cluster, "online", 2).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let first: Vec<Produced> =
+        (0..100).map(|i| Produced { key: format!("u{i}"), value: Some((1, now - 1000)), arrival_ms: now }).collect();
+    produce(&cluster, "online", &first).await;
+    let config = kfsql::EngineConfig {
+        catalog_topic: "_catalog".into(),
+        query_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let engine = kfsql::Engine::start(cluster.clone(), config).await.expect("engine");
+    engine
+        .query(&format!(
+            "CREATE EXTERNAL TABLE o {TABLE} STORED AS KAFKA LOCATION 'online' \
+             OPTIONS ('key' 'user_id', 'event_time' 'event_time', 'online' 'true')"
+        ))
+        .await
+        .expect("create");
+    wait_ready(&engine, "o").await;
+    assert_eq!(common::scalar(&engine, "SELECT sum(score) FROM latest.o").await, "100");
+
+    drop(broker);
+    // the view keeps serving its last values while staleness grows and the error is shown
+    let start = Instant::now();
+    loop {
+        let f = freshness(&engine, "o").await;
+        if f[4].parse::<i64>().is_ok_and(|ms| ms >= 2000) && f[5] != "NULL" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "staleness did not grow during the outage: {f:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(common::scalar(&engine, "SELECT score FROM latest.o WHERE user_id = 'u7'").await, "1");
+    assert_eq!(common::scalar(&engine, "SELECT count(*) FROM latest.o").await, "100");
+
+    let _broker = common::Tansu::start(&bin, dir.path(), port);
+    let later = chrono::Utc::now().timestamp_millis();
+    let second: Vec<Produced> =
+        (0..150).map(|i| Produced { key: format!("u{i}"), value: Some((2, later)), arrival_ms: later }).collect();
+    // the producer may need a moment to find the broker again
+    produce(&cluster, "online", &second).await;
+    let start = Instant::now();
+    loop {
+        let sum = common::scalar(&engine, "SELECT sum(score) FROM latest.o").await;
+        if sum == "300" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "did not catch up: sum {sum}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let start = Instant::now();
+    loop {
+        let f = freshness(&engine, "o").await;
+        if f[1] == "150" && f[2] == "0" && f[3] == "250" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "freshness after catching up: {f:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

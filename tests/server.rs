@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
@@ -149,44 +148,6 @@ async fn a_client_vanishing_mid_query_stops_its_scan() {
     assert_eq!(n, total as i64);
 }
 
-struct Tansu {
-    child: Child,
-}
-
-impl Tansu {
-    fn start(bin: &str, dir: &std::path::Path, port: u16) -> Tansu {
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "sqlite://tansu.db",
-            ])
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "tansu did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Tansu { child }
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Needs the Tansu binary (KFSQL_TANSU_BIN, set by scripts/test.sh); without it there is no broker to take down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_gives_errors_within_the_timeout_and_the_server_recovers() {
@@ -200,7 +161,7 @@ async fn broker_outage_gives_errors_within_the_timeout_and_the_server_recovers()
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-    let broker = Tansu::start(&bin, dir.path(), port);
+    let broker = common::Tansu::start(&bin, dir.path(), port);
     let cluster = std::sync::Arc::new(
         kfsql::kafka::KafkaCluster::connect(&format!("127.0.0.1:{port}"), Duration::from_secs(2), vec![])
             .expect("client"),
@@ -231,7 +192,7 @@ async fn broker_outage_gives_errors_within_the_timeout_and_the_server_recovers()
     let one: i64 = client.query_one("SELECT 1::bigint", &[]).await.expect("still serving").get(0);
     assert_eq!(one, 1);
 
-    let _broker = Tansu::start(&bin, dir.path(), port);
+    let _broker = common::Tansu::start(&bin, dir.path(), port);
     let start = Instant::now();
     loop {
         match client.query_one("SELECT count(*) FROM o", &[]).await {

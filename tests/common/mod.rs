@@ -140,3 +140,57 @@ pub fn create_table_sql(name: &str, topic: &str, extra_options: &str) -> String 
          OPTIONS ('format' 'json', 'key' 'user_id', 'event_time' 'event_time'{extra_options})"
     )
 }
+
+/// A Tansu broker this test owns (started on `port`, data in `dir`), killed when dropped.
+pub struct Tansu {
+    child: std::process::Child,
+}
+
+impl Tansu {
+    pub fn start(bin: &str, dir: &std::path::Path, port: u16) -> Tansu {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "sqlite://tansu.db",
+            ])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < std::time::Duration::from_secs(10), "tansu did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Tansu { child }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Tansu binary to start and stop brokers with (KFSQL_TANSU_BIN, set by scripts/test.sh), or None to skip.
+pub fn tansu_bin() -> Option<String> {
+    match std::env::var("KFSQL_TANSU_BIN") {
+        Ok(bin) => Some(bin),
+        Err(_) => {
+            assert!(
+                std::env::var("KFSQL_REQUIRE_BROKER").is_err(),
+                "KFSQL_REQUIRE_BROKER is set but KFSQL_TANSU_BIN is not"
+            );
+            eprintln!("skipped: set KFSQL_TANSU_BIN to run broker outage tests");
+            None
+        }
+    }
+}

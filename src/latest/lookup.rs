@@ -1,8 +1,9 @@
 //! The point-lookup fast path. A plan of the shape
-//! `Projection(columns) → Filter(key = v | key IN (v, …)) → TableScan(latest.t)` — what
-//! `SELECT … FROM latest.t WHERE key = $1` becomes once its parameters are bound — is answered straight from the
-//! view's map: no optimizer, no physical planning, no DataFusion execution. Everything else goes the normal way
-//! (where [`super::LatestTable`] still looks up only the keys a filter names).
+//! `Projection(columns) → Filter(key = v | key IN (v, …)) → TableScan(latest.t)` — `SELECT … FROM latest.t WHERE
+//! key = $1` — is answered straight from the view's map: no optimizer, no physical planning, no DataFusion
+//! execution. The server recognises it once, when a statement is prepared, and then only binds the keys at each
+//! execution ([`Lookup::run_with`]); the engine also recognises it in any plan it runs ([`Lookup::run`]).
+//! Everything else goes the normal way (where [`super::LatestTable`] still looks up only the keys a filter names).
 
 use std::sync::Arc;
 
@@ -16,11 +17,19 @@ use super::table::LatestTable;
 use super::view::{LatestView, now_ns};
 use crate::error::{KfsqlError, Result};
 
+/// Where a looked-up key comes from.
+#[derive(Debug, Clone)]
+enum KeySource {
+    Literal(String),
+    /// Parameter `$n` (1-based).
+    Param(usize),
+}
+
 /// A lookup recognised in a plan.
 #[derive(Debug)]
 pub struct Lookup {
     view: Arc<LatestView>,
-    keys: Vec<String>,
+    keys: Vec<KeySource>,
     /// Output columns as indices into the view's full schema.
     columns: Vec<usize>,
     schema: SchemaRef,
@@ -78,12 +87,44 @@ impl Lookup {
         Some(Lookup { view, keys, columns, schema })
     }
 
+    /// Run a lookup whose keys are all literals.
     pub fn run(&self) -> Result<RecordBatch> {
+        self.run_with(&[])
+    }
+
+    /// Whether the lookup has `$n` parameters to bind.
+    pub fn has_params(&self) -> bool {
+        self.keys.iter().any(|k| matches!(k, KeySource::Param(_)))
+    }
+
+    /// Run with the bound parameter values (`params[0]` is `$1`).
+    pub fn run_with(&self, params: &[ScalarValue]) -> Result<RecordBatch> {
+        let mut keys = Vec::with_capacity(self.keys.len());
+        for k in &self.keys {
+            match k {
+                KeySource::Literal(s) => keys.push(s.clone()),
+                KeySource::Param(n) => {
+                    let v = params
+                        .get(n - 1)
+                        .ok_or_else(|| KfsqlError::InvalidParameter(format!("no value bound for parameter ${n}")))?;
+                    // NULL matches no key
+                    if let Some(text) = scalar_text(v) {
+                        keys.push(text);
+                    } else if !v.is_null() {
+                        return Err(KfsqlError::InvalidParameter(format!("${n}: {v} cannot be a key")));
+                    }
+                }
+            }
+        }
+        self.lookup(&keys)
+    }
+
+    fn lookup(&self, keys: &[String]) -> Result<RecordBatch> {
         self.view.check_ready()?;
         self.view.fresh.lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let full = {
             let state = self.view.state.read().unwrap_or_else(|p| p.into_inner());
-            self.view.rows(&state, Some(&self.keys), now_ns())?
+            self.view.rows(&state, Some(keys), now_ns())?
         };
         let columns = self.columns.iter().map(|&c| full.column(c).clone()).collect();
         RecordBatch::try_new(self.schema.clone(), columns)
@@ -92,14 +133,14 @@ impl Lookup {
 }
 
 /// The keys of `key = v`, `v = key`, `key IN (v, …)` or an OR of equalities.
-fn keys_of(predicate: &Expr, key: &str) -> Option<Vec<String>> {
+fn keys_of(predicate: &Expr, key: &str) -> Option<Vec<KeySource>> {
     match predicate {
         Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) => {
             let (col, value) = match (left.as_ref(), right.as_ref()) {
                 (Expr::Column(c), v) | (v, Expr::Column(c)) => (c, v),
                 _ => return None,
             };
-            (col.name == key).then(|| literal_text(value)).flatten().map(|v| vec![v])
+            (col.name == key).then(|| key_source(value)).flatten().map(|v| vec![v])
         }
         Expr::BinaryExpr(BinaryExpr { left, op: Operator::Or, right }) => {
             let mut keys = keys_of(left, key)?;
@@ -107,16 +148,24 @@ fn keys_of(predicate: &Expr, key: &str) -> Option<Vec<String>> {
             Some(keys)
         }
         Expr::InList(list) if !list.negated => match list.expr.as_ref() {
-            Expr::Column(c) if c.name == key => list.list.iter().map(literal_text).collect(),
+            Expr::Column(c) if c.name == key => list.list.iter().map(key_source).collect(),
             _ => None,
         },
         _ => None,
     }
 }
 
-/// A literal key as the view stores it (its text).
-fn literal_text(e: &Expr) -> Option<String> {
-    let Expr::Literal(v, _) = e else { return None };
+/// A literal key (as the view stores it: its text) or a parameter.
+fn key_source(e: &Expr) -> Option<KeySource> {
+    match e {
+        Expr::Literal(v, _) => scalar_text(v).map(KeySource::Literal),
+        Expr::Placeholder(p) => p.id.strip_prefix('$')?.parse().ok().filter(|n| *n >= 1).map(KeySource::Param),
+        Expr::Cast(c) => key_source(&c.expr),
+        _ => None,
+    }
+}
+
+fn scalar_text(v: &ScalarValue) -> Option<String> {
     match v {
         ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
             Some(s.clone())

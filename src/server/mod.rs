@@ -15,6 +15,7 @@ use arrow_pg::datatypes::df::deserialize_parameters;
 use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
@@ -45,6 +46,10 @@ pub struct Prepared {
     pub statement: Option<DFStatement>,
     /// The logical plan of a query, with `$n` placeholders; None for commands.
     pub plan: Option<LogicalPlan>,
+    /// A point lookup on a latest view, recognised once here and answered from memory at each execution.
+    pub lookup: Option<Arc<crate::latest::lookup::Lookup>>,
+    /// The parameter types, in `$1, $2, …` order.
+    pub param_types: Vec<Option<DataType>>,
 }
 
 /// pgwire handlers backed by one engine.
@@ -176,6 +181,14 @@ impl Handlers {
         }
     }
 
+    /// One batch of rows as a query response (the lookup fast path).
+    fn rows_response<C: ClientInfo>(&self, client: &C, batch: RecordBatch, format: &Format) -> PgWireResult<Response> {
+        let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+        let fields = Arc::new(arrow_schema_to_pg_fields(&batch.schema(), format, Some(options))?);
+        let rows = encode_recordbatch(fields.clone(), batch).collect::<Vec<_>>();
+        Ok(Response::Query(QueryResponse::new(fields, stream::iter(rows))))
+    }
+
     fn session_command(
         &self,
         metadata: &mut HashMap<String, String>,
@@ -262,7 +275,9 @@ impl QueryParser for KfsqlParser {
         }
         let Some(stmt) = stmts.pop() else { return Ok(None) };
         let plan = if is_query(&stmt) { Some(self.engine.plan(stmt.clone()).await.map_err(to_pg)?) } else { None };
-        Ok(Some(Prepared { sql: sql.to_string(), statement: Some(stmt), plan }))
+        let lookup = plan.as_ref().and_then(crate::latest::lookup::Lookup::from_plan).map(Arc::new);
+        let param_types = ordered_parameter_types(plan.as_ref())?;
+        Ok(Some(Prepared { sql: sql.to_string(), statement: Some(stmt), plan, lookup, param_types }))
     }
 
     fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
@@ -340,10 +355,19 @@ impl ExtendedQueryHandler for Handlers {
     {
         let prepared = &portal.statement.statement;
         let Some(stmt) = prepared.statement.clone() else { return Ok(Response::EmptyQuery) };
+        if let Some(lookup) = &prepared.lookup {
+            let refs: Vec<Option<&DataType>> = prepared.param_types.iter().map(|t| t.as_ref()).collect();
+            let params = deserialize_parameters(portal, &refs)?;
+            let values: Vec<datafusion::scalar::ScalarValue> = match params {
+                datafusion::common::ParamValues::List(v) => v.into_iter().map(|p| p.value).collect(),
+                datafusion::common::ParamValues::Map(_) => Vec::new(),
+            };
+            let batch = lookup.run_with(&values).map_err(to_pg)?;
+            return self.rows_response(client, batch, &portal.result_column_format);
+        }
         let plan = match &prepared.plan {
             Some(plan) => {
-                let types = ordered_parameter_types(Some(plan))?;
-                let refs: Vec<Option<&DataType>> = types.iter().map(|t| t.as_ref()).collect();
+                let refs: Vec<Option<&DataType>> = prepared.param_types.iter().map(|t| t.as_ref()).collect();
                 let params = deserialize_parameters(portal, &refs)?;
                 Some(plan.clone().replace_params_with_values(&params).map_err(error::df_to_pg)?)
             }

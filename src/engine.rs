@@ -380,10 +380,32 @@ impl EngineInner {
         Ok(())
     }
 
+    /// `INSERT INTO <kafka table> VALUES (…)` / `SELECT …` without a column list means the declared columns, not the
+    /// metadata columns Kafka assigns: name them, so the rows need not carry `_partition`, `_offset`, ….
+    fn name_insert_columns(&self, stmt: &mut SqlStatement) {
+        use datafusion::sql::sqlparser::ast::{Ident, ObjectName, TableObject};
+        let SqlStatement::Insert(insert) = stmt else { return };
+        let TableObject::TableName(name) = &insert.table else { return };
+        if !insert.columns.is_empty() {
+            return;
+        }
+        let parts: Vec<String> = name.0.iter().map(|p| p.to_string().trim_matches('"').to_string()).collect();
+        let table = match parts.as_slice() {
+            [t] | [_, t] | [_, _, t] => t.clone(),
+            _ => return,
+        };
+        let defs = self.defs.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(def) = defs.get(&table) {
+            insert.columns =
+                def.columns.iter().map(|c| ObjectName::from(vec![Ident::with_quote('"', c.name.clone())])).collect();
+        }
+    }
+
     /// kfsql's AST rewrites: time travel, then Postgres-compatibility rules for catalog queries.
     fn prepare(&self, stmt: DFStatement) -> Result<DFStatement> {
         Ok(match stmt {
             DFStatement::Statement(mut s) => {
+                self.name_insert_columns(&mut s);
                 sql::time_travel::rewrite(&mut s)?;
                 crate::asof::rewrite(&mut s);
                 DFStatement::Statement(Box::new(self.compat.rewrite(*s)))

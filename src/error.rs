@@ -31,6 +31,9 @@ pub enum KfsqlError {
     /// A message that could not be decoded under `bad_messages = 'fail'` (22P02).
     #[error("{0}")]
     BadMessage(String),
+    /// A NULL for a NOT NULL column (23502).
+    #[error("{0}")]
+    NotNullViolation(String),
     /// An object that is not ready yet, e.g. a latest view still loading (55000).
     #[error("{0}")]
     NotReady(String),
@@ -61,6 +64,7 @@ impl KfsqlError {
             KfsqlError::BadMessage(_) => "22P02",
             KfsqlError::PermissionDenied(_) => "42501",
             KfsqlError::NotReady(_) => "55000",
+            KfsqlError::NotNullViolation(_) => "23502",
             KfsqlError::DataFusion(e) => datafusion_sqlstate(e),
             KfsqlError::Internal(_) => "XX000",
         }
@@ -93,6 +97,7 @@ impl KfsqlError {
             KfsqlError::UndefinedTable(m) => KfsqlError::UndefinedTable(m.clone()),
             KfsqlError::Unsupported(m) => KfsqlError::Unsupported(m.clone()),
             KfsqlError::NotReady(m) => KfsqlError::NotReady(m.clone()),
+            KfsqlError::NotNullViolation(m) => KfsqlError::NotNullViolation(m.clone()),
             _ => KfsqlError::Internal(msg),
         }
     }
@@ -115,6 +120,9 @@ fn df_message(e: &DataFusionError) -> String {
 fn datafusion_sqlstate(e: &DataFusionError) -> &'static str {
     let root = e.find_root();
     let text = root.to_string();
+    if text.contains("has null but schema specifies non-nullable") {
+        return "23502"; // DataFusion's check of rows written into a table
+    }
     match root {
         DataFusionError::SQL(_, _) => "42601",
         DataFusionError::NotImplemented(_) => "0A000",
@@ -122,6 +130,7 @@ fn datafusion_sqlstate(e: &DataFusionError) -> &'static str {
         DataFusionError::SchemaError(_, _) => "42703",
         DataFusionError::Plan(_) => "42000",
         DataFusionError::ResourcesExhausted(_) => "53200",
+        DataFusionError::ArrowError(_, _) if text.contains("non-nullable but contains null") => "23502",
         DataFusionError::ArrowError(_, _) => "22000",
         _ => "XX000",
     }

@@ -295,3 +295,66 @@ async fn unreachable_brokers_fail_fast_with_a_clear_error() {
     assert!(matches!(err, KfsqlError::Kafka(_)), "{err:?}");
     assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_into_a_kafka_table_produces_keyed_messages_all_or_nothing() {
+    let cluster = common::cluster();
+    let engine = common::engine(&cluster, &common::unique("catalog")).await;
+    let t = common::unique("ins");
+    common::topic(&cluster, &t, 4).await;
+    engine.query(&common::create_table_sql("tx", &t, "")).await.expect("create");
+    let out = engine
+        .query(
+            "INSERT INTO tx VALUES ('t1', 'u42', 12.5, 'm7', 'FR', TIMESTAMP '2026-11-20 12:00:00'), \
+             ('t2', 'u7', NULL, 'm1', 'DE', TIMESTAMP '2026-11-20 12:05:00.250')",
+        )
+        .await
+        .expect("insert");
+    assert_eq!(out[0].2, "INSERT 0 2");
+    let rows = common::rows(
+        &engine,
+        "SELECT txn_id, user_id, amount, merchant, country, event_time, _key FROM tx ORDER BY txn_id",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        vec![
+            vec!["t1", "u42", "12.5", "m7", "FR", "2026-11-20T12:00:00", "u42"],
+            vec!["t2", "u7", "NULL", "m1", "DE", "2026-11-20T12:05:00.250", "u7"],
+        ]
+    );
+    // keyed like Java clients: key pushdown finds the rows in the partition their key hashes to
+    assert_eq!(common::scalar(&engine, "SELECT txn_id FROM tx WHERE user_id = 'u42'").await, "t1");
+    assert!(common::explain(&engine, "SELECT * FROM tx WHERE user_id = 'u42'").await.contains("partitions=1/4"));
+    // INSERT … SELECT
+    let out = engine
+        .query("INSERT INTO tx SELECT txn_id || '-copy', user_id, amount * 2, merchant, country, event_time FROM tx")
+        .await
+        .expect("insert select");
+    assert_eq!(out[0].2, "INSERT 0 2");
+    assert_eq!(common::scalar(&engine, "SELECT count(*) FROM tx").await, "4");
+    assert_eq!(common::scalar(&engine, "SELECT misrouted FROM kfsql.table_stats WHERE table_name = 'tx'").await, "0");
+    // a NOT NULL violation anywhere, or a value of the wrong type, fails the statement with nothing written
+    for bad in [
+        "INSERT INTO tx VALUES ('t3', 'u1', 1.0, 'm', 'FR', TIMESTAMP '2026-11-20 12:00:00'), ('t4', NULL, 1.0, 'm', 'FR', TIMESTAMP '2026-11-20 12:00:00')",
+        "INSERT INTO tx VALUES ('t5', 'u1', 1.0, 'm', 'FR', NULL)",
+        "INSERT INTO tx VALUES ('t6', 'u1', 'lots', 'm', 'FR', TIMESTAMP '2026-11-20 12:00:00')",
+    ] {
+        let err = engine.query(bad).await.expect_err(bad);
+        assert!(!err.to_string().is_empty(), "{bad}");
+        assert_eq!(common::scalar(&engine, "SELECT count(*) FROM tx").await, "4", "{bad} wrote something: {err}");
+    }
+    let err = engine
+        .query("INSERT INTO tx VALUES ('t7', NULL, 1.0, 'm', 'FR', TIMESTAMP '2026-11-20 12:00:00')")
+        .await
+        .expect_err("null key");
+    assert!(err.to_string().contains("null"), "{err}");
+    assert_eq!(err.sqlstate(), "23502", "{err}");
+    // INSERT … SELECT of a NULL key is caught by the sink, which names the column
+    let err = engine
+        .query("INSERT INTO tx SELECT txn_id || '-x', CASE WHEN txn_id = 't1' THEN NULL ELSE user_id END, amount, merchant, country, event_time FROM tx")
+        .await
+        .expect_err("null key from a query");
+    assert_eq!(err.sqlstate(), "23502", "{err}");
+    assert_eq!(common::scalar(&engine, "SELECT count(*) FROM tx").await, "4", "nothing written: {err}");
+}

@@ -1,12 +1,13 @@
 //! Kafka topics as DataFusion tables: the definition ([`definition`]), the `STORED AS KAFKA` factory
-//! ([`factory`]), the [`provider`] with its filter [`pushdown`], the bounded per-partition [`scan`] and the
-//! counters scans keep ([`stats`]).
+//! ([`factory`]), the [`provider`] with its filter [`pushdown`], the bounded per-partition [`scan`], the
+//! [`sink`] behind `INSERT INTO`, and the counters scans keep ([`stats`]).
 
 pub mod definition;
 pub mod factory;
 pub mod provider;
 pub mod pushdown;
 pub mod scan;
+pub mod sink;
 pub mod stats;
 
 pub use definition::{TableDefinition, TableOptions};

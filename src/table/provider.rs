@@ -8,15 +8,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
+use datafusion::datasource::sink::DataSinkExec;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::scalar::ScalarValue;
 
 use crate::codec::JsonDecoder;
 use crate::error::{KfsqlError, Result};
 use crate::kafka::{KafkaCluster, Partitioner};
-use crate::table::definition::{TableDefinition, TableOptions, full_schema};
+use crate::table::definition::{META_OFFSET, META_PARTITION, TableDefinition, TableOptions, full_schema};
 use crate::table::pushdown::{self, ScanBounds};
 use crate::table::scan::{KafkaScanExec, PartitionRange, ScanSpec};
 use crate::table::stats::TableStats;
@@ -31,6 +34,8 @@ pub struct KafkaTable {
     cluster: Arc<KafkaCluster>,
     stats: Arc<TableStats>,
     stall_timeout: Duration,
+    /// INSERT defaults of the NOT NULL metadata columns.
+    meta_defaults: Vec<(String, Expr)>,
 }
 
 impl KafkaTable {
@@ -44,7 +49,11 @@ impl KafkaTable {
         let options = TableOptions::parse(&def.options, &declared)?;
         let decoder = JsonDecoder::new(&declared, options.bad_messages);
         let schema = full_schema(&JsonDecoder::output_schema(&declared, options.bad_messages));
-        Ok(Self { def, options, schema, decoder, cluster, stats, stall_timeout })
+        let meta_defaults = vec![
+            (META_PARTITION.to_string(), Expr::Literal(ScalarValue::Int32(Some(-1)), None)),
+            (META_OFFSET.to_string(), Expr::Literal(ScalarValue::Int64(Some(-1)), None)),
+        ];
+        Ok(Self { def, options, schema, decoder, cluster, stats, stall_timeout, meta_defaults })
     }
 
     pub fn definition(&self) -> &TableDefinition {
@@ -160,6 +169,39 @@ impl TableProvider for KafkaTable {
                 }
             })
             .collect())
+    }
+
+    /// Metadata columns are Kafka's to assign: an INSERT that leaves them out gets these placeholders (ignored).
+    fn get_column_default(&self, column: &str) -> Option<&Expr> {
+        self.meta_defaults.iter().find(|(c, _)| c == column).map(|(_, e)| e)
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return Err(KfsqlError::Unsupported(format!(
+                "{insert_op} on a Kafka table: a topic is append-only (use INSERT INTO)"
+            ))
+            .into_datafusion());
+        }
+        let declared = self.def.payload_schema().map_err(KfsqlError::into_datafusion)?;
+        let payload_columns = self.schema.fields().len() - 4;
+        let not_null = (0..payload_columns).filter(|&i| !declared.field(i).is_nullable()).collect();
+        let key_index = self.options.key.as_ref().and_then(|k| self.schema.index_of(k).ok());
+        let sink = crate::table::sink::KafkaSink {
+            table: self.def.name.clone(),
+            topic: self.def.topic.clone(),
+            schema: self.schema.clone(),
+            payload_columns,
+            not_null,
+            key_index,
+            producer: self.cluster.producer().clone(),
+        };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
 
     async fn scan(

@@ -63,23 +63,23 @@ pub struct Applier {
 }
 
 impl Applier {
-    /// Apply `msgs` (in the order they were read) to `state`.
-    pub fn apply(&self, msgs: &[Raw], state: &mut LatestState) -> Applied {
+    /// Apply `msgs` (in the order they were read) to `state`; payloads move into the state without a copy.
+    pub fn apply(&self, msgs: Vec<Raw>, state: &mut LatestState) -> Applied {
         let mut out = Applied { messages: msgs.len() as u64, ..Default::default() };
-        let payloads: Vec<&[u8]> = msgs.iter().filter_map(|m| m.payload.as_deref()).collect();
-        let rows = self.decode(&payloads, &mut out.bad);
-        let mut next_payload = 0;
+        let rows = {
+            let payloads: Vec<&[u8]> = msgs.iter().filter_map(|m| m.payload.as_deref()).collect();
+            self.decode(&payloads, &mut out.bad)
+        };
+        let mut rows = rows.into_iter();
         for m in msgs {
-            let Some(payload) = m.payload.as_deref() else {
+            let Some(payload) = m.payload else {
                 out.tombstones += 1;
                 if let Some(k) = &m.key {
                     state.delete(&String::from_utf8_lossy(k));
                 }
                 continue;
             };
-            let row = rows.get(next_payload).cloned().flatten();
-            next_payload += 1;
-            let Some((key, event_ns)) = row else { continue };
+            let Some((key, event_ns)) = rows.next().flatten() else { continue };
             let event_ns = match (self.time_index, event_ns) {
                 (None, _) => m.offset, // no event time declared: arrival order decides
                 (Some(_), Some(t)) => t,
@@ -89,8 +89,13 @@ impl Applier {
                 }
             };
             out.newest_event_ns = out.newest_event_ns.max(Some(event_ns));
-            let entry =
-                Entry { event_ns, offset: m.offset, partition: m.partition, ts_ms: m.ts_ms, payload: payload.into() };
+            let entry = Entry {
+                event_ns,
+                offset: m.offset,
+                partition: m.partition,
+                ts_ms: m.ts_ms,
+                payload: payload.into_boxed_slice(),
+            };
             state.upsert(&key, entry);
         }
         out
@@ -218,12 +223,12 @@ pub fn follow(view: Arc<LatestView>, config: ClientConfig, partitions: i32) {
             timeout = Duration::ZERO;
         }
         if !batch.is_empty() {
+            let msgs = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
             let applied = {
                 let mut state = view.state.write().unwrap_or_else(|p| p.into_inner());
-                view.applier.apply(&batch, &mut state)
+                view.applier.apply(msgs, &mut state)
             };
             view.fresh.applied(&applied);
-            batch.clear();
         }
         let lag: i64 = (0..partitions)
             .map(|p| {
@@ -330,12 +335,11 @@ pub fn replay(
                     batch.push(Raw::from_message(&m));
                 }
                 if batch.len() >= MAX_BATCH {
-                    applier.apply(&batch, &mut state);
-                    batch.clear();
+                    applier.apply(std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH)), &mut state);
                 }
             }
         }
     }
-    applier.apply(&batch, &mut state);
+    applier.apply(batch, &mut state);
     Ok(state)
 }

@@ -17,10 +17,10 @@ if ! command -v tansu >/dev/null 2>&1; then
   log "installing tansu 0.6.0 (one-time, ~20 min on 2 cores)"
   cargo install tansu --version 0.6.0 --locked --features libsql
 fi
-if ! command -v psql >/dev/null 2>&1; then
-  log "installing the psql client"
+if ! command -v psql >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
+  log "installing the psql client and openssl"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq postgresql-client >/dev/null
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq postgresql-client openssl >/dev/null
 fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
@@ -87,5 +87,24 @@ check '\dt latest.* lists the online views' 'transactions' -c '\dt latest.*'
 check 'freshness shows the view ready' 't|' -At -c "SELECT ready, keys FROM kfsql.freshness WHERE table_name = 'transactions'"
 check 'the fraud example queries run' 'misrouted' -e -f sql/fraud/queries.sql
 echo "psql: 10 passed, 0 failed"
+
+log "psql against kfsql with SCRAM passwords, a read-only user and TLS (a throwaway self-signed certificate)"
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/tls.key" -out "$WORK/tls.crt" -days 1 -subj "/CN=localhost" 2>/dev/null
+printf 'alice:s3cret\nbob:pw:readonly\n' >"$WORK/users"
+SEC_PORT=$(free_port)
+./target/debug/kfsql serve --listen "127.0.0.1:$SEC_PORT" --demo-transactions 100 --users-file "$WORK/users" \
+  --tls-cert "$WORK/tls.crt" --tls-key "$WORK/tls.key" >"$WORK/kfsql-sec.log" 2>&1 &
+PIDS+=("$!")
+wait_port "$SEC_PORT"
+conn() { echo "host=127.0.0.1 port=$SEC_PORT dbname=kfsql sslmode=require user=$1"; }
+got=$(PGPASSWORD=s3cret psql -X -At "$(conn alice)" -c '\conninfo' -c 'SELECT count(*) FROM transactions' 2>&1)
+grep -qF 'SSL connection' <<<"$got" && grep -qx '100' <<<"$got" || { echo "psql check FAILED: TLS + password: $got"; exit 1; }
+echo "psql check ok: TLS and SCRAM password"
+got=$(PGPASSWORD=wrong psql -X -At "$(conn alice)" -c 'SELECT 1' 2>&1 || true)
+grep -qi 'password authentication failed' <<<"$got" || { echo "psql check FAILED: wrong password: $got"; exit 1; }
+echo "psql check ok: a wrong password is refused"
+got=$(PGPASSWORD=pw psql -X -At "$(conn bob)" -c 'DROP TABLE labels' 2>&1 || true)
+grep -qF 'read-only' <<<"$got" || { echo "psql check FAILED: read-only user: $got"; exit 1; }
+echo "psql check ok: the read-only user cannot drop tables"
 
 log "all tests passed"

@@ -30,12 +30,64 @@ enum Command {
         /// Address to listen on for Postgres clients.
         #[arg(long, env = "KFSQL_LISTEN", default_value = "127.0.0.1:5433")]
         listen: String,
+        #[command(flatten)]
+        security: SecurityArgs,
     },
     /// Run SQL once and print the result (for scripts).
     Query {
         /// One or more SQL statements; the result of each is printed.
         sql: String,
     },
+}
+
+/// Authentication and TLS for `serve`.
+#[derive(Args, Debug, Default)]
+struct SecurityArgs {
+    /// File of users, one `name:password` or `name:password:readonly` per line; clients log in with SCRAM-SHA-256.
+    #[arg(long, env = "KFSQL_USERS_FILE")]
+    users_file: Option<std::path::PathBuf>,
+    /// Users inline, comma-separated `name:password[:readonly]` (prefer --users-file: the environment is visible
+    /// to other processes of the same user).
+    #[arg(long, env = "KFSQL_USERS", hide_env_values = true)]
+    users: Option<String>,
+    /// Accept connections without passwords. Without users this is the default only on a loopback address.
+    #[arg(long, env = "KFSQL_TRUST")]
+    trust: bool,
+    /// PEM certificate chain for TLS (with --tls-key); clients may then use sslmode=require.
+    #[arg(long, env = "KFSQL_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, env = "KFSQL_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+}
+
+impl SecurityArgs {
+    fn security(&self, listen: &str) -> Result<kfsql::server::auth::Security, Box<dyn std::error::Error>> {
+        use kfsql::server::auth::{Security, Users, tls_acceptor};
+        let users = match (&self.users_file, &self.users) {
+            (Some(f), _) => Some(Arc::new(Users::from_file(f)?)),
+            (None, Some(inline)) => Some(Arc::new(Users::parse(inline)?)),
+            (None, None) => None,
+        };
+        let loopback = listen
+            .parse::<std::net::SocketAddr>()
+            .map(|a| a.ip().is_loopback())
+            .unwrap_or_else(|_| listen.starts_with("localhost:"));
+        if users.is_some() && self.trust {
+            return Err("--trust and users exclude each other: with users, everyone logs in with a password".into());
+        }
+        if users.is_none() && !self.trust && !loopback {
+            return Err(format!(
+                "refusing to serve {listen} without authentication: configure users (--users-file) or pass --trust"
+            )
+            .into());
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => Some(tls_acceptor(c, k)?),
+            _ => None,
+        };
+        Ok(Security { users, tls })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -113,6 +165,19 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let command = match cli.command {
+        Some(c) => c,
+        // plain `kfsql`: serve, with the flags' defaults and environment
+        None => match Cli::parse_from(["kfsql", "serve"]).command {
+            Some(c) => c,
+            None => return Err("no command".into()),
+        },
+    };
+    // refuse a bad security setup before doing anything else
+    let security = match &command {
+        Command::Serve { listen, security } => Some(security.security(listen)?),
+        Command::Query { .. } => None,
+    };
     let c = &cli.common;
     let cluster = match &c.brokers {
         Some(b) => KafkaCluster::connect(b, c.kafka_timeout, c.kafka_property.clone())?,
@@ -132,10 +197,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         tracing::info!("loading the fraud demo ({} transactions)…", c.demo_transactions);
         kfsql::demo::load(&engine, &cluster, c.demo_transactions, 1000).await?;
     }
-    match cli
-        .command
-        .unwrap_or(Command::Serve { listen: std::env::var("KFSQL_LISTEN").unwrap_or_else(|_| "127.0.0.1:5433".into()) })
-    {
+    match command {
         Command::Query { sql } => {
             // A spinner while statements run (long exports), when a person is watching: elapsed time and the Kafka
             // messages read so far, with their rate.
@@ -183,9 +245,15 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let _ = std::io::stdout().flush();
             std::process::exit(0)
         }
-        Command::Serve { listen } => {
-            let (addr, task) = kfsql::server::start(engine, &listen).await?;
-            eprintln!("kfsql {} serving Postgres clients on {addr}", env!("CARGO_PKG_VERSION"));
+        Command::Serve { listen, .. } => {
+            let security = security.unwrap_or_default();
+            let auth = match &security.users {
+                Some(u) => format!("SCRAM-SHA-256, {} user(s)", u.len()),
+                None => "trust (no passwords)".into(),
+            };
+            let tls = if security.tls.is_some() { ", TLS" } else { "" };
+            let (addr, task) = kfsql::server::start_with(engine, &listen, security).await?;
+            eprintln!("kfsql {} serving Postgres clients on {addr} ({auth}{tls})", env!("CARGO_PKG_VERSION"));
             eprintln!("  psql -h {} -p {} -U kfsql -d kfsql", addr.ip(), addr.port());
             eprintln!(
                 "  Kafka bootstrap: {}{}",

@@ -286,3 +286,54 @@ async fn statements_past_the_timeout_are_cancelled_with_57014() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_passwords_and_a_read_only_role() {
+    let cluster = common::cluster();
+    let engine = common::engine(&cluster, &common::unique("catalog")).await;
+    let t = common::unique("auth");
+    common::topic(&cluster, &t, 2).await;
+    engine.query(&common::create_table_sql("tx", &t, "")).await.expect("create");
+    let users = kfsql::server::auth::Users::parse("alice:s3cret, bob:pw:readonly").expect("users");
+    let security = kfsql::server::auth::Security { users: Some(std::sync::Arc::new(users)), tls: None };
+    let (addr, _task) = kfsql::server::start_with(engine, "127.0.0.1:0", security).await.expect("server");
+    let login = |user: &str, password: &str| {
+        format!("host={} port={} user={user} password={password} dbname=kfsql", addr.ip(), addr.port())
+    };
+    let refused = |r: Result<(Client, tokio_postgres::Connection<_, _>), tokio_postgres::Error>| match r {
+        Ok(_) => panic!("logged in without the right password"),
+        Err(e) => e.code().map(|c| c.code().to_string()).unwrap_or_else(|| e.to_string()),
+    };
+    assert_eq!(refused(tokio_postgres::connect(&login("alice", "wrong"), NoTls).await), "28P01");
+    assert_eq!(refused(tokio_postgres::connect(&login("mallory", "s3cret"), NoTls).await), "28P01");
+    // garbage instead of a startup message: that connection fails, the server goes on
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut raw = tokio::net::TcpStream::connect(addr).await.expect("raw");
+        let _ = raw.write_all(&[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8]).await;
+    }
+    let (alice, conn) = tokio_postgres::connect(&login("alice", "s3cret"), NoTls).await.expect("alice logs in");
+    tokio::spawn(conn);
+    let out = alice
+        .simple_query("INSERT INTO tx VALUES ('t1', 'u1', 1.5, 'm', 'FR', TIMESTAMP '2026-11-20 12:00:00')")
+        .await
+        .expect("alice may write");
+    assert!(matches!(out.last(), Some(tokio_postgres::SimpleQueryMessage::CommandComplete(1))), "{out:?}");
+    let (bob, conn) = tokio_postgres::connect(&login("bob", "pw"), NoTls).await.expect("bob logs in");
+    tokio::spawn(conn);
+    let n: i64 = bob.query_one("SELECT count(*) FROM tx", &[]).await.expect("bob may read").get(0);
+    assert_eq!(n, 1);
+    bob.simple_query("EXPLAIN SELECT * FROM tx").await.expect("bob may explain");
+    for write in [
+        "INSERT INTO tx VALUES ('t2', 'u1', 1.5, 'm', 'FR', TIMESTAMP '2026-11-20 12:00:00')",
+        "CREATE EXTERNAL TABLE t2 (a BIGINT) STORED AS KAFKA LOCATION 'x'",
+        "DROP TABLE tx",
+        "COPY (SELECT * FROM tx) TO 'out.csv'",
+        "EXPLAIN ANALYZE INSERT INTO tx VALUES ('t3', 'u1', 1.5, 'm', 'FR', TIMESTAMP '2026-11-20 12:00:00')",
+    ] {
+        let err = bob.simple_query(write).await.expect_err(write);
+        assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{write}: {err:?}");
+    }
+    let n: i64 = alice.query_one("SELECT count(*) FROM tx", &[]).await.expect("count").get(0);
+    assert_eq!(n, 1, "bob's writes were refused before doing anything");
+}

@@ -3,6 +3,7 @@
 //! failure to an ErrorResponse with a SQLSTATE. One slow or broken client never affects the others: each connection
 //! is its own task, and a client that disconnects drops its query's stream, which stops the Kafka readers.
 
+pub mod auth;
 mod error;
 pub mod session;
 
@@ -20,8 +21,10 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use futures::{Sink, StreamExt, stream};
-use pgwire::api::auth::StartupHandler;
 use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
+use pgwire::api::auth::sasl::scram::ScramAuth;
+use pgwire::api::auth::{DefaultServerParameterProvider, StartupHandler};
 use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -30,7 +33,7 @@ use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionManager, PgWireServerHandlers, Type};
 use pgwire::error::{PgWireError, PgWireResult};
-use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
 use tokio::net::TcpListener;
 
@@ -56,35 +59,81 @@ pub struct Prepared {
 pub struct Handlers {
     engine: Engine,
     parser: Arc<KfsqlParser>,
-    startup: Arc<Startup>,
+    connections: Arc<ConnectionManager>,
     cancel: Arc<DefaultCancelHandler>,
+    security: auth::Security,
 }
 
 impl Handlers {
-    pub fn new(engine: Engine) -> Self {
+    pub fn new(engine: Engine, security: auth::Security) -> Self {
         let connections = Arc::new(ConnectionManager::new());
         Self {
             parser: Arc::new(KfsqlParser { engine: engine.clone() }),
             engine,
-            startup: Arc::new(Startup { connections: connections.clone() }),
-            cancel: Arc::new(DefaultCancelHandler::new(connections)),
+            cancel: Arc::new(DefaultCancelHandler::new(connections.clone())),
+            connections,
+            security,
+        }
+    }
+
+    /// A startup handler for one new connection (the SASL exchange keeps per-connection state).
+    fn startup(&self) -> Startup {
+        match &self.security.users {
+            None => Startup::Trust(Trust { connections: self.connections.clone() }),
+            Some(users) => {
+                let mut scram = ScramAuth::new(Arc::new(auth::UserAuthSource(users.clone())));
+                scram.set_iterations(auth::ITERATIONS);
+                Startup::Scram(
+                    SASLAuthStartupHandler::new(Arc::new(DefaultServerParameterProvider::default()))
+                        .with_scram(scram)
+                        .with_connection_manager(self.connections.clone()),
+                )
+            }
         }
     }
 }
 
-pub struct Startup {
+/// Connections without passwords (only when explicitly trusted).
+pub struct Trust {
     connections: Arc<ConnectionManager>,
 }
 
-impl NoopStartupHandler for Startup {
+impl NoopStartupHandler for Trust {
     fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
         Some(self.connections.clone())
     }
 }
 
-/// Serve pg-wire on `listener` until the process ends.
+/// How connections start: trusted, or SCRAM-SHA-256 passwords.
+pub enum Startup {
+    Trust(Trust),
+    Scram(SASLAuthStartupHandler<DefaultServerParameterProvider>),
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match self {
+            Startup::Trust(t) => t.on_startup(client, message).await,
+            Startup::Scram(s) => s.on_startup(client, message).await,
+        }
+    }
+}
+
+/// Serve pg-wire on `listener` until the process ends, trusting every connection.
 pub async fn serve(engine: Engine, listener: TcpListener) -> std::io::Result<()> {
-    let handlers = Arc::new(ServerHandlers(Arc::new(Handlers::new(engine))));
+    serve_with(engine, listener, auth::Security::default()).await
+}
+
+/// Serve pg-wire on `listener` with the given authentication and TLS.
+pub async fn serve_with(engine: Engine, listener: TcpListener, security: auth::Security) -> std::io::Result<()> {
+    let tls = security.tls.clone();
+    let handlers = Arc::new(ServerHandlers(Arc::new(Handlers::new(engine, security))));
     loop {
         let (socket, addr) = match listener.accept().await {
             Ok(x) => x,
@@ -94,9 +143,9 @@ pub async fn serve(engine: Engine, listener: TcpListener) -> std::io::Result<()>
             }
         };
         let _ = socket.set_nodelay(true);
-        let handlers = handlers.clone();
+        let (handlers, tls) = (handlers.clone(), tls.clone());
         tokio::spawn(async move {
-            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+            if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                 tracing::debug!("connection {addr}: {e}");
             }
         });
@@ -108,9 +157,18 @@ pub async fn start(
     engine: Engine,
     addr: &str,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    start_with(engine, addr, auth::Security::default()).await
+}
+
+/// [`start`] with authentication and TLS.
+pub async fn start_with(
+    engine: Engine,
+    addr: &str,
+    security: auth::Security,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    Ok((local, tokio::spawn(serve(engine, listener))))
+    Ok((local, tokio::spawn(serve_with(engine, listener, security))))
 }
 
 struct ServerHandlers(Arc<Handlers>);
@@ -123,7 +181,7 @@ impl PgWireServerHandlers for ServerHandlers {
         self.0.clone()
     }
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        self.0.startup.clone()
+        Arc::new(self.0.startup())
     }
     fn cancel_handler(&self) -> Arc<impl CancelHandler> {
         self.0.cancel.clone()
@@ -144,6 +202,13 @@ impl Handlers {
     {
         if let Some(cmd) = session::classify(&stmt) {
             return Ok(self.session_command(client.metadata_mut(), cmd, format));
+        }
+        let user = client.metadata().get(pgwire::api::METADATA_USER).cloned();
+        if self.security.is_read_only(user.as_deref()) && writes(&stmt) {
+            return Err(to_pg(KfsqlError::PermissionDenied(format!(
+                "user \"{}\" is read-only: it may query but not create, drop, insert or export",
+                user.unwrap_or_default()
+            ))));
         }
         let is_insert = matches!(&stmt, DFStatement::Statement(s) if matches!(s.as_ref(), SqlStatement::Insert(_)));
         let out = match plan {
@@ -306,6 +371,29 @@ impl QueryParser for KfsqlParser {
                 _ => Vec::new(),
             }),
         }
+    }
+}
+
+/// Whether a statement changes something: DDL, INSERT, COPY to a file (EXPLAIN ANALYZE runs its statement).
+fn writes(stmt: &DFStatement) -> bool {
+    match stmt {
+        DFStatement::Statement(s) if matches!(s.as_ref(), SqlStatement::Explain { analyze: false, .. }) => false,
+        DFStatement::Statement(s) => !matches!(
+            s.as_ref(),
+            SqlStatement::Query(_)
+                | SqlStatement::ShowVariable { .. }
+                | SqlStatement::ShowTables { .. }
+                | SqlStatement::ShowColumns { .. }
+                | SqlStatement::Set(_)
+                | SqlStatement::StartTransaction { .. }
+                | SqlStatement::Commit { .. }
+                | SqlStatement::Rollback { .. }
+                | SqlStatement::Declare { .. }
+                | SqlStatement::Fetch { .. }
+                | SqlStatement::Close { .. }
+        ),
+        DFStatement::Explain(e) => writes(&e.statement),
+        _ => true, // CREATE EXTERNAL TABLE, COPY … TO, RESET …: writers only
     }
 }
 

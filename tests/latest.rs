@@ -71,6 +71,30 @@ async fn wait_ready(engine: &kfsql::Engine, table: &str) {
     }
 }
 
+/// Create a topic, produce `msgs` to it and declare it as the online table `name` (extra options appended); waits
+/// until its view is ready and returns the topic.
+async fn online_table(
+    cluster: &Arc<KafkaCluster>,
+    engine: &kfsql::Engine,
+    name: &str,
+    partitions: i32,
+    msgs: &[Produced],
+    extra: &str,
+) -> String {
+    let topic = common::unique(name);
+    common::topic(cluster, &topic, partitions).await;
+    produce(cluster, &topic, msgs).await;
+    engine
+        .query(&format!(
+            "CREATE EXTERNAL TABLE {name} {TABLE} STORED AS KAFKA LOCATION '{topic}' \
+             OPTIONS ('key' 'user_id', 'event_time' 'event_time', 'online' 'true'{extra})"
+        ))
+        .await
+        .expect("create");
+    wait_ready(engine, name).await;
+    topic
+}
+
 fn as_map(rows: Vec<Vec<String>>) -> BTreeMap<String, i64> {
     rows.into_iter().map(|r| (r[0].clone(), r[1].parse().expect("score"))).collect()
 }
@@ -94,20 +118,10 @@ fn random_messages(rng: &mut StdRng, n: usize, keys: usize, now_ms: i64, tombsto
 async fn latest_view_holds_the_newest_value_per_key_with_tombstones_and_ttl() {
     let cluster = common::cluster();
     let engine = common::engine(&cluster, &common::unique("catalog")).await;
-    let topic = common::unique("latest");
-    common::topic(&cluster, &topic, 4).await;
     let now = chrono::Utc::now().timestamp_millis();
     let mut rng = StdRng::seed_from_u64(7);
     let msgs = random_messages(&mut rng, 3000, 200, now, true);
-    produce(&cluster, &topic, &msgs).await;
-    engine
-        .query(&format!(
-            "CREATE EXTERNAL TABLE feats {TABLE} STORED AS KAFKA LOCATION '{topic}' \
-             OPTIONS ('key' 'user_id', 'event_time' 'event_time', 'online' 'true', 'ttl' '2 hours')"
-        ))
-        .await
-        .expect("create");
-    wait_ready(&engine, "feats").await;
+    let topic = online_table(&cluster, &engine, "feats", 4, &msgs, ", 'ttl' '2 hours'").await;
     // the TTL is measured from the query's now: keep a minute of margin on both sides of the edge
     let floor = chrono::Utc::now().timestamp_millis() - 2 * 3_600_000;
     let want = oracle(&msgs, i64::MAX, floor);
@@ -174,21 +188,11 @@ async fn latest_view_holds_the_newest_value_per_key_with_tombstones_and_ttl() {
 async fn latest_as_of_t_equals_the_asof_join_at_t_for_every_key() {
     let cluster = common::cluster();
     let engine = common::engine(&cluster, &common::unique("catalog")).await;
-    let topic = common::unique("latest_tt");
-    common::topic(&cluster, &topic, 3).await;
     let now = chrono::Utc::now().timestamp_millis();
     let mut rng = StdRng::seed_from_u64(11);
     // no tombstones: an ASOF join does not know them
     let msgs = random_messages(&mut rng, 1500, 60, now, false);
-    produce(&cluster, &topic, &msgs).await;
-    engine
-        .query(&format!(
-            "CREATE EXTERNAL TABLE tt {TABLE} STORED AS KAFKA LOCATION '{topic}' \
-             OPTIONS ('key' 'user_id', 'event_time' 'event_time', 'online' 'true')"
-        ))
-        .await
-        .expect("create");
-    wait_ready(&engine, "tt").await;
+    online_table(&cluster, &engine, "tt", 3, &msgs, "").await;
     let mut times: Vec<i64> = (0..6).map(|_| now - rng.random_range(0..5 * 3_600_000)).collect();
     times.push(now + 60_000); // after everything: the live view
     for at in times {
@@ -218,20 +222,10 @@ async fn latest_as_of_t_equals_the_asof_join_at_t_for_every_key() {
 async fn prepared_point_lookups_over_pg_wire() {
     let cluster = common::cluster();
     let engine = common::engine(&cluster, &common::unique("catalog")).await;
-    let topic = common::unique("latest_pg");
-    common::topic(&cluster, &topic, 2).await;
     let now = chrono::Utc::now().timestamp_millis();
     let mut rng = StdRng::seed_from_u64(5);
     let msgs = random_messages(&mut rng, 500, 50, now, true);
-    produce(&cluster, &topic, &msgs).await;
-    engine
-        .query(&format!(
-            "CREATE EXTERNAL TABLE pg {TABLE} STORED AS KAFKA LOCATION '{topic}' \
-             OPTIONS ('key' 'user_id', 'event_time' 'event_time', 'online' 'true')"
-        ))
-        .await
-        .expect("create");
-    wait_ready(&engine, "pg").await;
+    online_table(&cluster, &engine, "pg", 2, &msgs, "").await;
     let want = oracle(&msgs, i64::MAX, i64::MIN);
     let (addr, _task) = kfsql::server::start(engine.clone(), "127.0.0.1:0").await.expect("server");
     let (client, conn) = tokio_postgres::connect(
@@ -278,19 +272,9 @@ async fn a_restarted_server_rebuilds_the_view_from_the_topic() {
     let cluster = common::cluster();
     let catalog = common::unique("catalog");
     let engine = common::engine(&cluster, &catalog).await;
-    let topic = common::unique("latest_restart");
-    common::topic(&cluster, &topic, 3).await;
     let now = chrono::Utc::now().timestamp_millis();
     let msgs = random_messages(&mut StdRng::seed_from_u64(3), 2000, 300, now, true);
-    produce(&cluster, &topic, &msgs).await;
-    engine
-        .query(&format!(
-            "CREATE EXTERNAL TABLE rs {TABLE} STORED AS KAFKA LOCATION '{topic}' \
-             OPTIONS ('key' 'user_id', 'event_time' 'event_time', 'online' 'true')"
-        ))
-        .await
-        .expect("create");
-    wait_ready(&engine, "rs").await;
+    online_table(&cluster, &engine, "rs", 3, &msgs, "").await;
     let before = as_map(common::rows(&engine, "SELECT user_id, score FROM latest.rs").await);
     assert_eq!(before, oracle(&msgs, i64::MAX, i64::MIN));
     drop(engine);

@@ -166,18 +166,5 @@ fn key_source(e: &Expr) -> Option<KeySource> {
 }
 
 fn scalar_text(v: &ScalarValue) -> Option<String> {
-    match v {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
-            Some(s.clone())
-        }
-        ScalarValue::Int8(Some(_))
-        | ScalarValue::Int16(Some(_))
-        | ScalarValue::Int32(Some(_))
-        | ScalarValue::Int64(Some(_))
-        | ScalarValue::UInt8(Some(_))
-        | ScalarValue::UInt16(Some(_))
-        | ScalarValue::UInt32(Some(_))
-        | ScalarValue::UInt64(Some(_)) => Some(v.to_string()),
-        _ => None,
-    }
+    crate::table::pushdown::key_text(v)
 }

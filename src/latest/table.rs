@@ -39,17 +39,7 @@ impl TableProvider for LatestTable {
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        let key = Some(self.view.key_column.as_str());
-        Ok(filters
-            .iter()
-            .map(|f| {
-                if pushdown::is_supported(f, key) {
-                    TableProviderFilterPushDown::Inexact
-                } else {
-                    TableProviderFilterPushDown::Unsupported
-                }
-            })
-            .collect())
+        Ok(pushdown::pushdown_kinds(filters, Some(&self.view.key_column)))
     }
 
     async fn scan(

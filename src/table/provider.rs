@@ -158,17 +158,7 @@ impl TableProvider for KafkaTable {
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        let key = self.options.key.as_deref();
-        Ok(filters
-            .iter()
-            .map(|f| {
-                if pushdown::is_supported(f, key) {
-                    TableProviderFilterPushDown::Inexact
-                } else {
-                    TableProviderFilterPushDown::Unsupported
-                }
-            })
-            .collect())
+        Ok(pushdown::pushdown_kinds(filters, self.options.key.as_deref()))
     }
 
     /// Metadata columns are Kafka's to assign: an INSERT that leaves them out gets these placeholders (ignored).

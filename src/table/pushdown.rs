@@ -42,6 +42,24 @@ pub fn is_supported(expr: &Expr, key_column: Option<&str>) -> bool {
     classify(expr, key_column).is_some()
 }
 
+/// DataFusion's view of `filters`: the usable ones `Inexact` (still applied to rows), the others `Unsupported`.
+pub fn pushdown_kinds(
+    filters: &[&Expr],
+    key_column: Option<&str>,
+) -> Vec<datafusion::logical_expr::TableProviderFilterPushDown> {
+    use datafusion::logical_expr::TableProviderFilterPushDown;
+    filters
+        .iter()
+        .map(|f| {
+            if is_supported(f, key_column) {
+                TableProviderFilterPushDown::Inexact
+            } else {
+                TableProviderFilterPushDown::Unsupported
+            }
+        })
+        .collect()
+}
+
 /// Fold every usable filter into [`ScanBounds`].
 pub fn bounds(filters: &[Expr], key_column: Option<&str>) -> ScanBounds {
     let mut b = ScanBounds::default();
@@ -166,7 +184,8 @@ fn as_i64(v: &ScalarValue) -> Option<i64> {
     }
 }
 
-fn key_text(v: &ScalarValue) -> Option<String> {
+/// A key value as the message key holds it: its text.
+pub fn key_text(v: &ScalarValue) -> Option<String> {
     match v {
         ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
             Some(s.clone())

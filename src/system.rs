@@ -147,7 +147,7 @@ fn freshness_schema() -> SchemaRef {
         Field::new("newest_event_time", ts(), true),
         Field::new("last_applied_at", ts(), true),
         Field::new("caught_up_at", ts(), true),
-        Field::new("staleness_ms", DataType::Int64, true),
+        Field::new("staleness_ms", DataType::Int64, false),
         Field::new("messages", DataType::UInt64, false),
         Field::new("tombstones", DataType::UInt64, false),
         Field::new("bad_messages", DataType::UInt64, false),
@@ -188,9 +188,10 @@ fn freshness_rows(engine: &EngineInner) -> DfResult<RecordBatch> {
         }))),
         Arc::new(TimestampNanosecondArray::from_iter(views.iter().map(|v| when(f(v).last_applied_ns.load(Relaxed))))),
         Arc::new(TimestampNanosecondArray::from_iter(views.iter().map(|v| when(f(v).caught_up_ns.load(Relaxed))))),
-        Arc::new(Int64Array::from_iter(
-            views.iter().map(|v| when(f(v).caught_up_ns.load(Relaxed)).map(|t| (now - t).max(0) / 1_000_000)),
-        )),
+        Arc::new(Int64Array::from_iter_values(views.iter().map(|v| {
+            let since = when(f(v).caught_up_ns.load(Relaxed)).unwrap_or(v.started_ns);
+            (now - since).max(0) / 1_000_000
+        }))),
         Arc::new(UInt64Array::from_iter_values(views.iter().map(|v| f(v).messages.load(Relaxed)))),
         Arc::new(UInt64Array::from_iter_values(views.iter().map(|v| f(v).tombstones.load(Relaxed)))),
         Arc::new(UInt64Array::from_iter_values(views.iter().map(|v| f(v).bad.load(Relaxed)))),

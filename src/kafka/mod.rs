@@ -38,6 +38,27 @@ impl ClientContext for KfsqlContext {
 
 impl ConsumerContext for KfsqlContext {}
 
+/// Errors a consumer reports while librdkafka reconnects on its own (a broker connection dropped, all connections
+/// momentarily down, a request timed out): worth waiting out, up to a caller's stall timeout.
+pub fn is_transient(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    let code = match e {
+        KafkaError::MessageConsumption(c) | KafkaError::Global(c) => *c,
+        _ => return false,
+    };
+    matches!(
+        code,
+        C::AllBrokersDown
+            | C::BrokerTransportFailure
+            | C::NetworkException
+            | C::RequestTimedOut
+            | C::OperationTimedOut
+            | C::BrokerNotAvailable
+            | C::LeaderNotAvailable
+            | C::NotLeaderForPartition
+    )
+}
+
 /// The consumer type kfsql uses everywhere (partitions are assigned, never subscribed).
 pub type KfsqlConsumer = BaseConsumer<KfsqlContext>;
 

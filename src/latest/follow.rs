@@ -319,6 +319,7 @@ pub fn replay(
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 remaining.remove(&p);
             }
+            Some(Err(e)) if crate::kafka::is_transient(&e) && last_progress.elapsed() <= stall => {}
             Some(Err(e)) => return Err(KfsqlError::Kafka(format!("reading {topic}: {e}"))),
             Some(Ok(m)) => {
                 last_progress = Instant::now();

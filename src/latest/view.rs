@@ -75,6 +75,8 @@ pub struct LatestView {
     pub ready: AtomicBool,
     /// When the view started loading, and how long the initial load took (ns; 0 until ready).
     pub started: std::time::Instant,
+    /// Wall clock (ns) when the view started, the staleness baseline until it first catches up.
+    pub started_ns: i64,
     pub load_ns: AtomicU64,
     pub stopped: AtomicBool,
     /// The definition this view follows (a changed definition restarts the view).
@@ -107,6 +109,7 @@ impl LatestView {
             fresh,
             ready: AtomicBool::new(false),
             started: std::time::Instant::now(),
+            started_ns: now_ns(),
             load_ns: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             definition: def,
@@ -114,6 +117,8 @@ impl LatestView {
     }
 
     pub fn mark_ready(&self) {
+        // the initial load reached the high watermarks seen at start: up to date as of now
+        self.fresh.caught_up();
         self.load_ns.store(self.started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.ready.store(true, Ordering::Release);
         let n = self.state.read().unwrap_or_else(|p| p.into_inner()).len();

@@ -326,6 +326,17 @@ impl Reader<'_> {
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => break,
+                // librdkafka reconnects by itself: a dropped connection only ends the scan if no data comes back
+                // before the stall timeout
+                Some(Err(e)) if crate::kafka::is_transient(&e) => {
+                    tracing::debug!("reading {}[{}]: {e} (retrying)", spec.topic, range.partition);
+                    if self.last_progress.elapsed() > spec.stall_timeout {
+                        return Err(KfsqlError::Kafka(format!(
+                            "reading {}[{}]: {e} for {:?}; is the broker up?",
+                            spec.topic, range.partition, spec.stall_timeout
+                        )));
+                    }
+                }
                 Some(Err(e)) => {
                     return Err(KfsqlError::Kafka(format!("reading {}[{}]: {e}", spec.topic, range.partition)));
                 }

@@ -4,7 +4,9 @@
 //! Three shapes of the same join:
 //! * `kfsql_seconds`: labels and features from the Parquet files;
 //! * `kafka_seconds`: labels from Parquet, the feature rows read from a Kafka topic (JSON, decoded by the scan);
-//! * `kafka_pw_seconds`: labels from a second Kafka topic keyed the same way, so the join runs partition-wise.
+//! * `kafka_pw_seconds`: labels from a second Kafka topic keyed the same way, so the join runs partition-wise;
+//! * `kafka_read_seconds`: only reading the feature topic (`count(*), sum(v)`), what the Kafka shapes cost before
+//!   any joining.
 //!
 //! The topics live in the embedded Kafka (librdkafka's mock cluster, over loopback), or on the broker named by
 //! `KFSQL_BENCH_BROKERS`. The mock keeps only the newest 5 MiB of each partition, so the features are spread over
@@ -160,6 +162,10 @@ fn main() {
             ))
             .await
             .expect("kafka tables");
+        // the anchor for the Kafka shapes: just reading (consuming and decoding) the feature topic
+        let (read, _) =
+            time_query(&engine, "SELECT count(*), sum(v) FROM kfeatures", 2, "read features from kafka").await;
+        println!("kafka_read_seconds={:.3}", read.as_secs_f64());
         let from_kafka = SQL.replace("features f", "kfeatures f");
         let (best, kafka_answer) = time_query(&engine, &from_kafka, 2, "features from kafka").await;
         assert_eq!(kafka_answer, answer, "the Kafka-sourced join gives the Parquet join's answer");

@@ -43,7 +43,8 @@ got = dict(l.strip().split('=', 1) for l in open(path) if l.count('=') == 1 and 
 print(f'ASOF {labels:,} labels x {features:,} features over {keys:,} keys; DuckDB (Parquet) {duck:.3f}s')
 for name, what in [('kfsql_seconds', 'kfsql, both sides from Parquet'),
                    ('kafka_seconds', 'kfsql, features from Kafka'),
-                   ('kafka_pw_seconds', 'kfsql, both from Kafka (partition-wise)')]:
+                   ('kafka_pw_seconds', 'kfsql, both from Kafka (partition-wise)'),
+                   ('kafka_read_seconds', 'kfsql, only reading the features from Kafka')]:
     if name in got:
         t = float(got[name])
         print(f'  {what:<42} {t:8.3f}s   kfsql/DuckDB time ratio {t / duck:.2f}')

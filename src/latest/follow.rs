@@ -93,7 +93,7 @@ impl Applier {
                 event_ns,
                 offset: m.offset,
                 partition: m.partition,
-                ts_ms: m.ts_ms,
+                ts_ms: m.ts_ms.unwrap_or(super::state::NO_TIMESTAMP),
                 payload: payload.into_boxed_slice(),
             };
             state.upsert(&key, entry);

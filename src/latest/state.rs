@@ -1,7 +1,11 @@
 //! The in-memory state of one latest view: per key, the newest value by event time (ties: greatest offset, then
 //! partition), kept as the raw message payload so that a key costs little more than its message. Tombstones delete.
+//!
+//! The map is an `IndexMap`: entries sit densely in one vector and the hash table holds only their indices, so the
+//! table's spare capacity costs 9 bytes a slot rather than a whole entry.
 
-use std::collections::HashMap;
+/// `Entry::ts_ms` of a message without a timestamp.
+pub const NO_TIMESTAMP: i64 = i64::MIN;
 
 /// The value a key currently has.
 #[derive(Debug, Clone)]
@@ -10,13 +14,17 @@ pub struct Entry {
     pub event_ns: i64,
     pub offset: i64,
     pub partition: i32,
-    /// Kafka timestamp (arrival), milliseconds.
-    pub ts_ms: Option<i64>,
+    /// Kafka timestamp (arrival), milliseconds; [`NO_TIMESTAMP`] when the message had none.
+    pub ts_ms: i64,
     /// The JSON payload, exactly as in Kafka.
     pub payload: Box<[u8]>,
 }
 
 impl Entry {
+    pub fn timestamp_ms(&self) -> Option<i64> {
+        (self.ts_ms != NO_TIMESTAMP).then_some(self.ts_ms)
+    }
+
     /// The order "newest value wins" uses: event time, then offset, then partition (DESIGN.md "Latest view").
     fn rank(&self) -> (i64, i64, i32) {
         (self.event_ns, self.offset, self.partition)
@@ -26,7 +34,7 @@ impl Entry {
 /// Key → its newest value.
 #[derive(Debug, Default)]
 pub struct LatestState {
-    map: HashMap<Box<str>, Entry, ahash::RandomState>,
+    map: indexmap::IndexMap<Box<str>, Entry, ahash::RandomState>,
     payload_bytes: usize,
 }
 
@@ -50,7 +58,7 @@ impl LatestState {
 
     /// A tombstone: the key is gone, whatever event time its value had.
     pub fn delete(&mut self, key: &str) -> bool {
-        match self.map.remove(key) {
+        match self.map.swap_remove(key) {
             Some(old) => {
                 self.payload_bytes -= old.payload.len();
                 true
@@ -72,6 +80,11 @@ impl LatestState {
         });
         self.payload_bytes -= freed;
         before - self.map.len()
+    }
+
+    /// Give back spare capacity (after the initial load: a feature table's key set is mostly stable from there).
+    pub fn shrink_to_fit(&mut self) {
+        self.map.shrink_to_fit();
     }
 
     pub fn get(&self, key: &str) -> Option<&Entry> {
@@ -110,7 +123,7 @@ mod tests {
     use super::*;
 
     fn e(event_ns: i64, offset: i64, payload: &str) -> Entry {
-        Entry { event_ns, offset, partition: 0, ts_ms: None, payload: payload.as_bytes().into() }
+        Entry { event_ns, offset, partition: 0, ts_ms: NO_TIMESTAMP, payload: payload.as_bytes().into() }
     }
 
     #[test]

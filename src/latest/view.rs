@@ -119,9 +119,13 @@ impl LatestView {
     pub fn mark_ready(&self) {
         // the initial load reached the high watermarks seen at start: up to date as of now
         self.fresh.caught_up();
+        let n = {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            state.shrink_to_fit();
+            state.len()
+        };
         self.load_ns.store(self.started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.ready.store(true, Ordering::Release);
-        let n = self.state.read().unwrap_or_else(|p| p.into_inner()).len();
         tracing::info!("latest.{} ready: {n} keys loaded in {:.2?}", self.name, self.started.elapsed());
     }
 
@@ -192,7 +196,7 @@ impl LatestView {
         columns.push(Arc::new(Int32Array::from_iter_values(picked.iter().map(|(_, e)| e.partition))));
         columns.push(Arc::new(Int64Array::from_iter_values(picked.iter().map(|(_, e)| e.offset))));
         columns.push(Arc::new(TimestampNanosecondArray::from_iter(
-            picked.iter().map(|(_, e)| e.ts_ms.and_then(|t| t.checked_mul(1_000_000))),
+            picked.iter().map(|(_, e)| e.timestamp_ms().and_then(|t| t.checked_mul(1_000_000))),
         )));
         columns.push(Arc::new(StringArray::from_iter_values(picked.iter().map(|(k, _)| *k))));
         RecordBatch::try_new_with_options(

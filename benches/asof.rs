@@ -26,6 +26,10 @@ use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
+/// The allocator the `kfsql` binary uses (see src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SQL: &str = "SELECT count(*), count(f.v), sum(f.v) FROM labels l \
                    ASOF JOIN features f MATCH_CONDITION (l.t >= f.t) ON l.k = f.k";
 

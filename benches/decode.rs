@@ -10,6 +10,10 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use kfsql::codec::{BadMessagePolicy, JsonDecoder};
 
+/// The allocator the `kfsql` binary uses (see src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn payloads(n: usize) -> Vec<Vec<u8>> {
     kfsql::demo::generate(n, 1000, Duration::from_secs(3600), Utc::now(), 1)
         .iter()

@@ -23,6 +23,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 const CLIENTS: usize = 32;
 
+/// The allocator the `kfsql` binary uses (see src/main.rs); the client code shares it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }

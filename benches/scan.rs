@@ -18,6 +18,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+/// The allocator the `kfsql` binary uses (see src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ROUNDS: usize = 5;
 
 fn raw_consume(cluster: &KafkaCluster, topic: &str, highs: &[i64]) -> (u64, Duration) {

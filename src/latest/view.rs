@@ -162,6 +162,7 @@ impl LatestView {
         let floor = if self.applier.time_index.is_some() { self.ttl_floor(now) } else { i64::MIN };
         let live = |e: &&Entry| e.event_ns >= floor;
         let picked: Vec<(&str, &Entry)> = match keys {
+            Some([key]) => state.get(key).filter(live).map(|e| (key.as_str(), e)).into_iter().collect(),
             Some(keys) => {
                 let mut seen = std::collections::HashSet::new();
                 keys.iter()

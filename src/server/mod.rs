@@ -442,7 +442,6 @@ impl ExtendedQueryHandler for Handlers {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let prepared = &portal.statement.statement;
-        let Some(stmt) = prepared.statement.clone() else { return Ok(Response::EmptyQuery) };
         if let Some(lookup) = &prepared.lookup {
             let refs: Vec<Option<&DataType>> = prepared.param_types.iter().map(|t| t.as_ref()).collect();
             let params = deserialize_parameters(portal, &refs)?;
@@ -453,6 +452,7 @@ impl ExtendedQueryHandler for Handlers {
             let batch = lookup.run_with(&values).map_err(to_pg)?;
             return self.rows_response(client, batch, &portal.result_column_format);
         }
+        let Some(stmt) = prepared.statement.clone() else { return Ok(Response::EmptyQuery) };
         let plan = match &prepared.plan {
             Some(plan) => {
                 let refs: Vec<Option<&DataType>> = prepared.param_types.iter().map(|t| t.as_ref()).collect();

@@ -4,7 +4,7 @@
 //! right side in memory.
 //!
 //! Found by walking down each physical input through operators that keep rows in their partition (projections,
-//! filters, batch coalescing, cooperative wrappers) to a [`KafkaScanExec`], following the join key column.
+//! filters, cooperative wrappers) to a [`KafkaScanExec`], following the join key column.
 
 use std::sync::Arc;
 
@@ -17,11 +17,10 @@ use datafusion::physical_plan::projection::ProjectionExec;
 
 use crate::table::scan::{KafkaScanExec, KeyPartitioning};
 
-/// One unit of a partition-wise join: the left and right output partitions holding Kafka partition `kafka_partition`
-/// (no right partition: that side read nothing there).
+/// One unit of a partition-wise join: the left and right output partitions that hold the same Kafka partition (no
+/// right partition: that side read nothing there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionPair {
-    pub kafka_partition: i32,
     pub left: usize,
     pub right: Option<usize>,
 }
@@ -43,11 +42,7 @@ pub fn partition_pairs(
             .kafka_partitions
             .iter()
             .enumerate()
-            .map(|(i, &p)| PartitionPair {
-                kafka_partition: p,
-                left: i,
-                right: r.kafka_partitions.iter().position(|&q| q == p),
-            })
+            .map(|(i, &p)| PartitionPair { left: i, right: r.kafka_partitions.iter().position(|&q| q == p) })
             .collect();
         Some(pairs)
     })

@@ -141,11 +141,6 @@ impl AsofJoinExec {
             metrics: ExecutionPlanMetricsSet::new(),
         })
     }
-
-    /// Whether the join runs partition by partition (the sides are co-partitioned Kafka tables).
-    pub fn is_partition_wise(&self) -> bool {
-        self.pairs.is_some()
-    }
 }
 
 impl DisplayAs for AsofJoinExec {

@@ -92,11 +92,6 @@ impl Lookup {
         self.run_with(&[])
     }
 
-    /// Whether the lookup has `$n` parameters to bind.
-    pub fn has_params(&self) -> bool {
-        self.keys.iter().any(|k| matches!(k, KeySource::Param(_)))
-    }
-
     /// Run with the bound parameter values (`params[0]` is `$1`).
     pub fn run_with(&self, params: &[ScalarValue]) -> Result<RecordBatch> {
         let mut keys = Vec::with_capacity(self.keys.len());

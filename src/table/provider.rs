@@ -68,14 +68,6 @@ impl KafkaTable {
         &self.decoder
     }
 
-    pub fn cluster(&self) -> &Arc<KafkaCluster> {
-        &self.cluster
-    }
-
-    pub fn stall_timeout(&self) -> Duration {
-        self.stall_timeout
-    }
-
     pub fn stats(&self) -> &Arc<TableStats> {
         &self.stats
     }

@@ -156,8 +156,24 @@ fn assign_all(consumer: &KfsqlConsumer, topic: &str, partitions: i32) -> Result<
     consumer.assign(&tpl).map_err(|e| KfsqlError::Kafka(format!("assigning {topic}: {e}")))
 }
 
+/// The topic's partition count, asked until the brokers answer with at least one partition; None once the view is
+/// stopped.
+fn partition_count(view: &LatestView, consumer: &KfsqlConsumer) -> Option<i32> {
+    while !view.stopped.load(Ordering::Relaxed) {
+        match consumer.fetch_metadata(Some(&view.topic), Duration::from_secs(5)) {
+            Ok(m) => match m.topics().first().map_or(0, |t| t.partitions().len()) {
+                0 => view.fresh.set_error(format!("topic '{}' has no partitions (yet)", view.topic)),
+                n => return Some(n as i32),
+            },
+            Err(e) => view.fresh.set_error(format!("metadata of '{}': {e}", view.topic)),
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    None
+}
+
 /// Follow the view's topic from its beginning until the view is stopped. Runs on its own thread.
-pub fn follow(view: Arc<LatestView>, config: ClientConfig, partitions: i32) {
+pub fn follow(view: Arc<LatestView>, config: ClientConfig) {
     let topic = view.topic.clone();
     let consumer: KfsqlConsumer = match config
         .clone()
@@ -168,6 +184,7 @@ pub fn follow(view: Arc<LatestView>, config: ClientConfig, partitions: i32) {
         Ok(c) => c,
         Err(e) => return view.fresh.set_error(format!("cannot create the view's consumer: {e}")),
     };
+    let Some(partitions) = partition_count(&view, &consumer) else { return };
     if let Err(e) = assign_all(&consumer, &topic, partitions) {
         return view.fresh.set_error(e.to_string());
     }

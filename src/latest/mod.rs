@@ -22,10 +22,9 @@ use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
-use rdkafka::consumer::Consumer;
 
 use crate::error::{KfsqlError, Result};
-use crate::kafka::{KafkaCluster, KfsqlConsumer, KfsqlContext};
+use crate::kafka::KafkaCluster;
 use crate::table::KafkaTable;
 pub use table::{AS_OF_FUNCTION, LatestAsOfFunction, LatestTable};
 pub use view::LatestView;
@@ -77,7 +76,7 @@ impl LatestViews {
         let config = self.cluster.consumer_config();
         std::thread::Builder::new()
             .name(format!("kfsql-latest-{name}"))
-            .spawn(move || run_follower(view, config))
+            .spawn(move || follow::follow(view, config))
             .map_err(|e| KfsqlError::Internal(format!("cannot start the consumer of latest.{name}: {e}")))?;
         Ok(())
     }
@@ -117,26 +116,4 @@ impl LatestViews {
         .map_err(|e| KfsqlError::Internal(format!("replaying latest.{}: {e}", view.name)))??;
         view.rows(&state, None, at_ms.saturating_mul(1_000_000))
     }
-}
-
-/// The follower thread: find the topic's partitions (retrying while the brokers are away), then follow.
-fn run_follower(view: Arc<LatestView>, config: rdkafka::ClientConfig) {
-    let partitions = loop {
-        if view.stopped.load(Ordering::Relaxed) {
-            return;
-        }
-        let probe: std::result::Result<KfsqlConsumer, _> = config.create_with_context(KfsqlContext);
-        let count = probe.map_err(|e| e.to_string()).and_then(|c| {
-            c.fetch_metadata(Some(&view.topic), std::time::Duration::from_secs(5))
-                .map_err(|e| e.to_string())
-                .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
-        });
-        match count {
-            Ok(n) if n > 0 => break n as i32,
-            Ok(_) => view.fresh.set_error(format!("topic '{}' has no partitions (yet)", view.topic)),
-            Err(e) => view.fresh.set_error(format!("metadata of '{}': {e}", view.topic)),
-        }
-        std::thread::sleep(std::time::Duration::from_secs(1));
-    };
-    follow::follow(view, config, partitions);
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::engine::Engine;
 use crate::error::{KfsqlError, Result};
-use crate::kafka::KafkaCluster;
+use crate::kafka::{KafkaCluster, await_deliveries, send_with_retry};
 
 /// The fraud example's table definitions.
 pub const TABLES_SQL: &str = include_str!("../sql/fraud/tables.sql");
@@ -86,13 +86,9 @@ pub async fn produce_transactions(producer: &FutureProducer, topic: &str, txns: 
     for t in txns {
         let payload = serde_json::to_vec(t).map_err(|e| KfsqlError::Internal(e.to_string()))?;
         let record = FutureRecord::to(topic).key(&t.user_id).payload(&payload).timestamp(t.event_time_ms);
-        pending.push(send_with_retry(producer, record).await?);
+        pending.push(send_with_retry(producer, record).await.map_err(|e| KfsqlError::Kafka(e.to_string()))?);
     }
-    for f in pending {
-        f.await
-            .map_err(|_| KfsqlError::Kafka("producer dropped".into()))?
-            .map_err(|(e, _)| KfsqlError::Kafka(e.to_string()))?;
-    }
+    await_deliveries(topic, pending).await?;
     producer.flush(Duration::from_secs(30)).map_err(|e| KfsqlError::Kafka(e.to_string()))
 }
 
@@ -104,33 +100,9 @@ pub async fn produce_labels(producer: &FutureProducer, topic: &str, txns: &[Tran
             Label { txn_id: &t.txn_id, user_id: &t.user_id, is_fraud: t.is_fraud, event_time: t.event_time.clone() };
         let payload = serde_json::to_vec(&label).map_err(|e| KfsqlError::Internal(e.to_string()))?;
         let record = FutureRecord::to(topic).key(&t.user_id).payload(&payload).timestamp(t.event_time_ms + 60_000);
-        pending.push(send_with_retry(producer, record).await?);
+        pending.push(send_with_retry(producer, record).await.map_err(|e| KfsqlError::Kafka(e.to_string()))?);
     }
-    for f in pending {
-        f.await
-            .map_err(|_| KfsqlError::Kafka("producer dropped".into()))?
-            .map_err(|(e, _)| KfsqlError::Kafka(e.to_string()))?;
-    }
-    Ok(())
-}
-
-type Delivery = rdkafka::producer::DeliveryFuture;
-
-/// Enqueue a record, waiting while the producer's local queue is full.
-async fn send_with_retry<'a>(
-    producer: &FutureProducer,
-    mut record: FutureRecord<'a, String, Vec<u8>>,
-) -> Result<Delivery> {
-    loop {
-        match producer.send_result(record) {
-            Ok(f) => return Ok(f),
-            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err((e, _)) => return Err(KfsqlError::Kafka(e.to_string())),
-        }
-    }
+    await_deliveries(topic, pending).await
 }
 
 /// Create the demo topics, fill them and declare the tables: the embedded default's starting state.

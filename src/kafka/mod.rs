@@ -14,7 +14,8 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::FutureProducer;
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -57,6 +58,39 @@ pub fn is_transient(e: &KafkaError) -> bool {
             | C::LeaderNotAvailable
             | C::NotLeaderForPartition
     )
+}
+
+/// Enqueue `record`, waiting while the producer's local queue is full.
+pub async fn send_with_retry<'a, K, P>(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'a, K, P>,
+) -> std::result::Result<DeliveryFuture, KafkaError>
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// Wait until every message sent to `topic` is acknowledged; the first failure is the error.
+pub async fn await_deliveries(topic: &str, deliveries: Vec<DeliveryFuture>) -> Result<()> {
+    for d in deliveries {
+        match d.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(KfsqlError::Kafka(format!("producing to {topic}: {e}"))),
+            Err(_) => return Err(KfsqlError::Kafka(format!("producing to {topic}: the producer went away"))),
+        }
+    }
+    Ok(())
 }
 
 /// The consumer type kfsql uses everywhere (partitions are assigned, never subscribed).

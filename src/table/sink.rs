@@ -12,13 +12,14 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::datasource::sink::DataSink;
-use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::error::Result as DfResult;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType};
 use futures::StreamExt;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::error::KfsqlError;
+use crate::kafka::{await_deliveries, send_with_retry};
 
 /// Writes rows to a Kafka table's topic.
 pub struct KafkaSink {
@@ -111,34 +112,12 @@ impl DataSink for KafkaSink {
             if let Some(k) = key {
                 record = record.key(k);
             }
-            loop {
-                match self.producer.send_result(record) {
-                    Ok(ack) => {
-                        acks.push(ack);
-                        break;
-                    }
-                    Err((
-                        rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                        r,
-                    )) => {
-                        record = r;
-                        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-                    }
-                    Err((e, _)) => {
-                        return Err(KfsqlError::Kafka(format!("producing to {}: {e}", self.topic)).into_datafusion());
-                    }
-                }
-            }
+            let ack = send_with_retry(&self.producer, record)
+                .await
+                .map_err(|e| KfsqlError::Kafka(format!("producing to {}: {e}", self.topic)).into_datafusion())?;
+            acks.push(ack);
         }
-        for ack in acks {
-            match ack.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => {
-                    return Err(KfsqlError::Kafka(format!("producing to {}: {e}", self.topic)).into_datafusion());
-                }
-                Err(_) => return Err(DataFusionError::Execution("the producer went away".into())),
-            }
-        }
+        await_deliveries(&self.topic, acks).await.map_err(KfsqlError::into_datafusion)?;
         Ok(messages.len() as u64)
     }
 }

@@ -16,8 +16,9 @@ use arrow_pg::datatypes::df::deserialize_parameters;
 use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use futures::{Sink, StreamExt, stream};
@@ -216,22 +217,8 @@ impl Handlers {
             None => self.engine.execute(stmt).await,
         }
         .map_err(to_pg)?;
-        let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
         match out {
-            Output::Rows(stream) => {
-                let schema = stream.schema();
-                let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, Some(options))?);
-                let f = fields.clone();
-                let rows = stream
-                    .map(move |batch| -> Box<dyn Iterator<Item = PgWireResult<_>> + Send + Sync> {
-                        match batch {
-                            Ok(b) => encode_recordbatch(f.clone(), b),
-                            Err(e) => Box::new(std::iter::once(Err(error::df_to_pg(e)))),
-                        }
-                    })
-                    .flat_map(stream::iter);
-                Ok(Response::Query(QueryResponse::new(fields, rows)))
-            }
+            Output::Rows(stream) => rows_response(client, stream, format),
             Output::Command { tag, rows } => {
                 let mut t = if is_insert || tag.starts_with("INSERT") {
                     Tag::new("INSERT").with_oid(0)
@@ -244,14 +231,6 @@ impl Handlers {
                 Ok(Response::Execution(t))
             }
         }
-    }
-
-    /// One batch of rows as a query response (the lookup fast path).
-    fn rows_response<C: ClientInfo>(&self, client: &C, batch: RecordBatch, format: &Format) -> PgWireResult<Response> {
-        let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-        let fields = Arc::new(arrow_schema_to_pg_fields(&batch.schema(), format, Some(options))?);
-        let rows = encode_recordbatch(fields.clone(), batch).collect::<Vec<_>>();
-        Ok(Response::Query(QueryResponse::new(fields, stream::iter(rows))))
     }
 
     fn session_command(
@@ -374,6 +353,26 @@ impl QueryParser for KfsqlParser {
     }
 }
 
+/// Rows as a query response, encoded in the client's formats as they stream.
+fn rows_response<C: ClientInfo>(
+    client: &C,
+    rows: SendableRecordBatchStream,
+    format: &Format,
+) -> PgWireResult<Response> {
+    let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+    let fields = Arc::new(arrow_schema_to_pg_fields(&rows.schema(), format, Some(options))?);
+    let f = fields.clone();
+    let encoded = rows
+        .map(move |batch| -> Box<dyn Iterator<Item = PgWireResult<_>> + Send + Sync> {
+            match batch {
+                Ok(b) => encode_recordbatch(f.clone(), b),
+                Err(e) => Box::new(std::iter::once(Err(error::df_to_pg(e)))),
+            }
+        })
+        .flat_map(stream::iter);
+    Ok(Response::Query(QueryResponse::new(fields, encoded)))
+}
+
 /// Whether a statement changes something: DDL, INSERT, COPY to a file (EXPLAIN ANALYZE runs its statement).
 fn writes(stmt: &DFStatement) -> bool {
     match stmt {
@@ -450,7 +449,9 @@ impl ExtendedQueryHandler for Handlers {
                 datafusion::common::ParamValues::Map(_) => Vec::new(),
             };
             let batch = lookup.run_with(&values).map_err(to_pg)?;
-            return self.rows_response(client, batch, &portal.result_column_format);
+            let schema = batch.schema();
+            let rows = RecordBatchStreamAdapter::new(schema, stream::once(async { Ok(batch) }));
+            return rows_response(client, Box::pin(rows), &portal.result_column_format);
         }
         let Some(stmt) = prepared.statement.clone() else { return Ok(Response::EmptyQuery) };
         let plan = match &prepared.plan {

@@ -14,7 +14,8 @@
 //!
 //!     KFSQL_BENCH_DIR=/tmp/asof cargo bench --bench asof
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
@@ -22,13 +23,7 @@ use datafusion::arrow::datatypes::{Int64Type, TimestampMicrosecondType, Timestam
 use futures::TryStreamExt;
 use kfsql::kafka::KafkaCluster;
 use kfsql::{Engine, EngineConfig, Output};
-use rdkafka::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-
-/// The allocator the `kfsql` binary uses (see src/main.rs).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use rdkafka::producer::Producer;
 
 const SQL: &str = "SELECT count(*), count(f.v), sum(f.v) FROM labels l \
                    ASOF JOIN features f MATCH_CONDITION (l.t >= f.t) ON l.k = f.k";
@@ -62,14 +57,7 @@ fn millis(batch: &RecordBatch, i: usize) -> Vec<i64> {
 
 /// Copy `SELECT k, t, <extra>` from a Parquet table into `topic` as JSON messages keyed by k.
 async fn load_topic(engine: &Engine, cluster: &KafkaCluster, table: &str, extra: &str, topic: &str) -> usize {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap_servers())
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .expect("producer");
+    let producer = common::producer(cluster, 20);
     let stmt = engine.parse(&format!("SELECT k, t, {extra} FROM {table}")).expect("parse").remove(0);
     let Output::Rows(stream) = engine.execute(stmt).await.expect("read parquet") else { panic!("rows expected") };
     let batches: Vec<RecordBatch> = stream.try_collect().await.expect("rows");
@@ -90,17 +78,7 @@ async fn load_topic(engine: &Engine, cluster: &KafkaCluster, table: &str, extra:
                 t.format("%Y-%m-%dT%H:%M:%S"),
                 extra_values.value(i)
             ));
-            let mut record = BaseRecord::to(topic).key(keys[i].as_str()).payload(json.as_str());
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        producer.poll(Duration::from_millis(10));
-                    }
-                    Err((e, _)) => panic!("produce: {e}"),
-                }
-            }
+            common::send(&producer, topic, &keys[i], &json);
             n += 1;
         }
         producer.poll(Duration::ZERO);
@@ -114,10 +92,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
         let timeout = Duration::from_secs(60);
-        let cluster = Arc::new(match std::env::var("KFSQL_BENCH_BROKERS") {
-            Ok(b) if !b.is_empty() => KafkaCluster::connect(&b, timeout, vec![]).expect("connect"),
-            _ => KafkaCluster::embedded(1, timeout).expect("embedded kafka"),
-        });
+        let cluster = common::cluster(timeout);
         let config = EngineConfig {
             catalog_topic: format!("_bench_asof_catalog_{}", std::process::id()),
             query_timeout: Duration::from_secs(3600),
@@ -145,10 +120,7 @@ fn main() {
         let id = std::process::id();
         let (ft, lt) = (format!("bench_asof_features_{id}"), format!("bench_asof_labels_{id}"));
         for t in [&ft, &lt] {
-            cluster.create_topic(t, partitions, &[]).await.expect("topic");
-            while cluster.partition_count(t).await.ok() != Some(partitions) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            common::topic(&cluster, t, partitions).await;
         }
         let t0 = Instant::now();
         let nf = load_topic(&engine, &cluster, "features", "v", &ft).await;

@@ -10,22 +10,17 @@
 //!
 //!     KFSQL_BENCH_PG="host=127.0.0.1 port=5499 user=postgres" cargo bench --bench latest
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use kfsql::kafka::KafkaCluster;
 use kfsql::{Engine, EngineConfig};
 use rand::Rng;
-use rdkafka::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 
 const CLIENTS: usize = 32;
-
-/// The allocator the `kfsql` binary uses (see src/main.rs); the client code shares it.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -87,10 +82,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
         let timeout = Duration::from_secs(60);
-        let cluster = Arc::new(match std::env::var("KFSQL_BENCH_BROKERS") {
-            Ok(b) if !b.is_empty() => KafkaCluster::connect(&b, timeout, vec![]).expect("connect"),
-            _ => KafkaCluster::embedded(1, timeout).expect("embedded kafka"),
-        });
+        let cluster = common::cluster(timeout);
         // the mock cluster keeps 5 MiB per partition: 1M feature messages need about 40 partitions
         let partitions: i32 = env("KFSQL_BENCH_PARTITIONS", if cluster.is_embedded() { 64 } else { 8 });
         let config = EngineConfig {
@@ -100,19 +92,10 @@ fn main() {
         };
         let engine = Engine::start(cluster.clone(), config).await.expect("engine");
         let topic = format!("bench_latest_{}", std::process::id());
-        cluster.create_topic(&topic, partitions, &[]).await.expect("topic");
-        while cluster.partition_count(&topic).await.ok() != Some(partitions) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::topic(&cluster, &topic, partitions).await;
 
         // 1. rebuild
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("partitioner", "murmur2_random")
-            .set("linger.ms", "5")
-            .set("queue.buffering.max.messages", "1000000")
-            .create()
-            .expect("producer");
+        let producer = common::producer(&cluster, 5);
         let now = chrono::Utc::now().naive_utc().format("%Y-%m-%dT%H:%M:%S%.3f").to_string();
         let t0 = Instant::now();
         let mut payload_bytes = 0usize;
@@ -120,17 +103,7 @@ fn main() {
             let json = feature(user, 0, &now);
             payload_bytes += json.len();
             let key = format!("u{user}");
-            let mut record = BaseRecord::to(&topic).key(key.as_str()).payload(json.as_str());
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        producer.poll(Duration::from_millis(5));
-                    }
-                    Err((e, _)) => panic!("produce: {e}"),
-                }
-            }
+            common::send(&producer, &topic, &key, &json);
         }
         producer.flush(Duration::from_secs(300)).expect("flush");
         eprintln!("produced {keys} feature messages in {:.1}s", t0.elapsed().as_secs_f64());
@@ -163,12 +136,7 @@ fn main() {
         );
 
         // 2. freshness: produce → visible, with a producer tuned for latency (no linger)
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("partitioner", "murmur2_random")
-            .set("linger.ms", "0")
-            .create()
-            .expect("producer");
+        let producer = common::producer(&cluster, 0);
         let mut lat = Vec::new();
         for i in 0..env("KFSQL_BENCH_FRESHNESS_SAMPLES", 500u64) {
             let user = (i as usize * 7919) % keys;

@@ -6,7 +6,8 @@
 //!
 //! The topic (`bench_scan_<n>`, 4 partitions) is loaded once per broker and reused.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -17,10 +18,6 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-
-/// The allocator the `kfsql` binary uses (see src/main.rs).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const ROUNDS: usize = 5;
 
@@ -75,17 +72,11 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
         let timeout = Duration::from_secs(30);
-        let cluster = Arc::new(match std::env::var("KFSQL_BENCH_BROKERS") {
-            Ok(b) => KafkaCluster::connect(&b, timeout, vec![]).expect("connect"),
-            Err(_) => KafkaCluster::embedded(1, timeout).expect("embedded"),
-        });
+        let cluster = common::cluster(timeout);
         // The embedded mock keeps only the newest 5 MiB of each partition: spread 1M messages over 32 of them.
         let partitions: i32 = std::env::var("KFSQL_BENCH_PARTITIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(if cluster.is_embedded() { 32 } else { 4 });
         let topic = format!("bench_scan_{messages}_{partitions}");
-        cluster.create_topic(&topic, partitions, &[]).await.expect("topic");
-        while cluster.partition_count(&topic).await.ok() != Some(partitions) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::topic(&cluster, &topic, partitions).await;
         let parts: Vec<i32> = (0..partitions).collect();
         let have: i64 = cluster.watermarks(&topic, &parts).await.expect("marks").iter().map(|w| w.high - w.low).sum();
         if (have as usize) < messages {

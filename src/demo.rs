@@ -1,6 +1,7 @@
 //! The fraud demo: a generated stream of card transactions (users, merchants, countries, a fraud pattern) and its
 //! labels, produced into Kafka with the user as message key and the event time as Kafka timestamp, plus the table
-//! definitions of `sql/fraud/tables.sql`. Used by the embedded default and by tests and benchmarks.
+//! definitions of `sql/fraud/tables.sql` and the feature pipelines of `sql/fraud/features.sql`. Used by the embedded
+//! default and by tests and benchmarks.
 
 use std::time::Duration;
 
@@ -16,6 +17,9 @@ use crate::kafka::{KafkaCluster, await_deliveries, send_with_retry};
 
 /// The fraud example's table definitions.
 pub const TABLES_SQL: &str = include_str!("../sql/fraud/tables.sql");
+
+/// The fraud example's feature pipelines.
+pub const FEATURES_SQL: &str = include_str!("../sql/fraud/features.sql");
 
 const COUNTRIES: &[&str] = &["FR", "DE", "ES", "IT", "GB", "US", "NL", "BE", "PT", "PL"];
 
@@ -42,38 +46,100 @@ struct Label<'a> {
     event_time: String,
 }
 
+/// A stream of card transactions of a fixed population of users. About 2% of users are compromised: once
+/// [`Generator::compromise`] is called, part of their transactions are large, in a foreign country, in bursts.
+pub struct Generator {
+    rng: StdRng,
+    home: Vec<&'static str>,
+    compromised: Vec<bool>,
+    active_fraud: bool,
+    next_id: u64,
+}
+
+impl Generator {
+    /// `users` users; deterministic per seed.
+    pub fn new(users: usize, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let users = users.max(1);
+        let home = (0..users).map(|_| COUNTRIES[rng.random_range(0..COUNTRIES.len())]).collect();
+        let compromised = (0..users).map(|_| rng.random_bool(0.02)).collect();
+        Self { rng, home, compromised, active_fraud: false, next_id: 0 }
+    }
+
+    /// From now on, compromised users' cards are used by fraudsters.
+    pub fn compromise(&mut self) {
+        self.active_fraud = true;
+    }
+
+    /// The next transaction, at `t_ms`.
+    pub fn next(&mut self, t_ms: i64) -> Transaction {
+        let rng = &mut self.rng;
+        let u = rng.random_range(0..self.home.len());
+        let fraud = self.compromised[u] && self.active_fraud && rng.random_bool(0.6);
+        let (amount, country) = if fraud {
+            (rng.random_range(300.0..3000.0), COUNTRIES[rng.random_range(0..COUNTRIES.len())])
+        } else {
+            (rng.random_range(2.0..150.0), self.home[u])
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        Transaction {
+            txn_id: format!("t{id}"),
+            user_id: format!("u{u}"),
+            amount: (amount * 100.0f64).round() / 100.0,
+            merchant: format!("m{}", rng.random_range(0..500)),
+            country: country.to_string(),
+            event_time: iso(t_ms),
+            event_time_ms: t_ms,
+            is_fraud: fraud,
+        }
+    }
+}
+
 /// Generate `n` transactions of `users` users over the `span` before `end`, in time order. Deterministic per seed.
-/// About 2% of users are compromised: part of their later transactions are large, in a foreign country, in bursts.
+/// Fraud starts half-way through.
 pub fn generate(n: usize, users: usize, span: Duration, end: DateTime<Utc>, seed: u64) -> Vec<Transaction> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let users = users.max(1);
-    let home: Vec<&str> = (0..users).map(|_| COUNTRIES[rng.random_range(0..COUNTRIES.len())]).collect();
-    let compromised: Vec<bool> = (0..users).map(|_| rng.random_bool(0.02)).collect();
+    let mut g = Generator::new(users, seed);
     let start_ms = end.timestamp_millis() - span.as_millis() as i64;
     let step = (span.as_millis() as f64 / n.max(1) as f64).max(1.0);
     (0..n)
         .map(|i| {
-            let u = rng.random_range(0..users);
-            let t = start_ms + (i as f64 * step) as i64 + rng.random_range(0..step as i64 + 1);
-            let late = i > n / 2;
-            let fraud = compromised[u] && late && rng.random_bool(0.6);
-            let (amount, country) = if fraud {
-                (rng.random_range(300.0..3000.0), COUNTRIES[rng.random_range(0..COUNTRIES.len())])
-            } else {
-                (rng.random_range(2.0..150.0), home[u])
-            };
-            Transaction {
-                txn_id: format!("t{i}"),
-                user_id: format!("u{u}"),
-                amount: (amount * 100.0f64).round() / 100.0,
-                merchant: format!("m{}", rng.random_range(0..500)),
-                country: country.to_string(),
-                event_time: iso(t),
-                event_time_ms: t,
-                is_fraud: fraud,
+            if i == n / 2 + 1 {
+                g.compromise();
             }
+            let t = start_ms + (i as f64 * step) as i64 + g.rng.random_range(0..step as i64 + 1);
+            g.next(t)
         })
         .collect()
+}
+
+/// Produce a live stream: `rate` transactions per second, timed now, and their labels, until `count` were sent
+/// (forever with None). Users' cards get compromised after the first minute.
+pub async fn stream(producer: &FutureProducer, users: usize, rate: f64, count: Option<u64>) -> Result<u64> {
+    let mut g = Generator::new(users, rand::random());
+    let started = std::time::Instant::now();
+    let tick = Duration::from_millis(100);
+    let mut sent = 0u64;
+    let mut interval = tokio::time::interval(tick);
+    loop {
+        interval.tick().await;
+        if started.elapsed() > Duration::from_secs(60) {
+            g.compromise();
+        }
+        let due = (started.elapsed().as_secs_f64() * rate) as u64;
+        let due = count.map_or(due, |c| due.min(c));
+        if due > sent {
+            let now = Utc::now().timestamp_millis();
+            let batch: Vec<Transaction> = (sent..due).map(|_| g.next(now)).collect();
+            produce_transactions(producer, "transactions", &batch).await?;
+            produce_labels(producer, "labels", &batch).await?;
+            sent = due;
+            tracing::debug!("{sent} transactions produced");
+        }
+        if count.is_some_and(|c| sent >= c) {
+            return Ok(sent);
+        }
+    }
 }
 
 fn iso(ms: i64) -> String {
@@ -113,6 +179,10 @@ pub async fn load(engine: &Engine, cluster: &KafkaCluster, transactions: usize, 
     produce_transactions(cluster.producer(), "transactions", &txns).await?;
     produce_labels(cluster.producer(), "labels", &txns).await?;
     engine.query(TABLES_SQL).await?;
+    engine.query(FEATURES_SQL).await?;
+    if !engine.inner().pipelines().wait_caught_up(Duration::from_secs(60)).await {
+        tracing::warn!("the demo's feature pipelines are still backfilling; see kfsql.pipelines");
+    }
     // serve the online views only once they hold the demo's values
     if !engine.inner().latest().wait_ready(Duration::from_secs(30)).await {
         tracing::warn!("the demo's latest views are still loading; see kfsql.freshness");

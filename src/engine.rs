@@ -90,6 +90,9 @@ pub struct EngineInner {
     defs: RwLock<BTreeMap<String, TableDefinition>>,
     compat: PostgresCompatibilityParser,
     latest: Arc<crate::latest::LatestViews>,
+    pipelines: Arc<crate::pipeline::Pipelines>,
+    /// This engine, for the pipelines it starts.
+    me: std::sync::Weak<EngineInner>,
 }
 
 impl Engine {
@@ -117,6 +120,13 @@ impl Engine {
             .map_err(|e| KfsqlError::Internal(format!("setting up pg_catalog: {e}")))?;
         ctx.register_relation_planner(Arc::new(crate::asof::AsofRelationPlanner))?;
         let catalog = CatalogStore::new(cluster.clone(), &config.catalog_topic);
+        let pipelines = crate::pipeline::Pipelines::new(crate::pipeline::checkpoint::CheckpointStore::new(
+            crate::catalog::KeyedTopic::new(cluster.clone(), &format!("{}_pipelines", config.catalog_topic)),
+        ));
+        ctx.register_relation_planner(crate::pipeline::window::WindowRelationPlanner::new(
+            ctx.state().catalog_list().clone(),
+            &config.database,
+        ))?;
         let latest = crate::latest::LatestViews::new(cluster);
         ctx.register_udtf(
             crate::latest::AS_OF_FUNCTION,
@@ -138,6 +148,8 @@ impl Engine {
                 defs: RwLock::new(BTreeMap::new()),
                 compat: PostgresCompatibilityParser::new(),
                 latest,
+                pipelines,
+                me: weak.clone(),
             }
         });
 
@@ -335,6 +347,12 @@ pub fn query_runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+impl Drop for EngineInner {
+    fn drop(&mut self) {
+        self.pipelines.stop_all();
+    }
+}
+
 impl EngineInner {
     pub fn definitions(&self) -> BTreeMap<String, TableDefinition> {
         self.defs.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -347,6 +365,34 @@ impl EngineInner {
     /// The latest views of online tables.
     pub fn latest(&self) -> &Arc<crate::latest::LatestViews> {
         &self.latest
+    }
+
+    /// The pipelines of materialized views.
+    pub fn pipelines(&self) -> &Arc<crate::pipeline::Pipelines> {
+        &self.pipelines
+    }
+
+    /// The database name clients connect to.
+    pub fn database(&self) -> &str {
+        &self.config.database
+    }
+
+    /// A task context of the engine's session (memory limit and settings included).
+    pub fn task_context(&self) -> Arc<datafusion::execution::TaskContext> {
+        self.ctx.task_ctx()
+    }
+
+    /// Kafka table `name` of schema public.
+    pub async fn kafka_table(&self, name: &str) -> Result<Arc<dyn datafusion::datasource::TableProvider>> {
+        let t = self
+            .ctx
+            .table_provider(public(name))
+            .await
+            .map_err(|_| KfsqlError::UndefinedTable(format!("relation \"{name}\" does not exist")))?;
+        if crate::table::provider::as_kafka(t.as_ref()).is_none() {
+            return Err(KfsqlError::InvalidParameter(format!("\"{name}\" is not a Kafka table")));
+        }
+        Ok(t)
     }
 
     /// Apply a catalog change to the session (idempotent).
@@ -365,6 +411,7 @@ impl EngineInner {
                     self.ctx.deregister_table(public(&name))?;
                 }
                 self.latest.stop(&name);
+                self.pipelines.stop(&name);
                 Ok(())
             }
         }
@@ -376,7 +423,11 @@ impl EngineInner {
         self.ctx.deregister_table(name.clone())?;
         self.latest.sync(&table)?;
         self.ctx.register_table(name, Arc::new(table))?;
-        self.defs.write().unwrap_or_else(|p| p.into_inner()).insert(def.name.clone(), def);
+        self.defs.write().unwrap_or_else(|p| p.into_inner()).insert(def.name.clone(), def.clone());
+        match &def.pipeline {
+            Some(p) => self.pipelines.sync(&def.name, &p.query, self.me.clone()),
+            None => self.pipelines.stop(&def.name),
+        }
         Ok(())
     }
 
@@ -435,6 +486,24 @@ impl EngineInner {
             match s.as_ref() {
                 SqlStatement::Drop { object_type: ObjectType::Table, if_exists, names, .. } => {
                     return self.drop_tables(names.iter().map(|n| n.to_string()).collect(), *if_exists).await;
+                }
+                SqlStatement::Drop { object_type: ObjectType::MaterializedView, if_exists, names, .. } => {
+                    return self
+                        .drop_materialized_views(names.iter().map(|n| n.to_string()).collect(), *if_exists)
+                        .await;
+                }
+                SqlStatement::ShowViews { materialized: true, .. } => {
+                    let stmt = sql::parse(
+                        "SELECT name, state, input_lag, rows_in, rows_out, late_events, watermark, emitted_until, \
+                         last_error FROM kfsql.pipelines ORDER BY name",
+                    )?
+                    .pop_front()
+                    .ok_or_else(|| KfsqlError::Internal("empty".into()))?;
+                    let plan = self.ctx.state().statement_to_plan(stmt).await?;
+                    return self.run_plan(plan).await;
+                }
+                SqlStatement::CreateView(view) if view.materialized => {
+                    return self.create_materialized_view(view).await;
                 }
                 SqlStatement::ShowTables { .. } => {
                     let stmt = sql::parse("SELECT * FROM kfsql.tables ORDER BY table_name")?
@@ -519,6 +588,81 @@ impl EngineInner {
         self.catalog.put(table.definition()).await?;
         self.register(table)?;
         Ok(tag)
+    }
+
+    /// `CREATE MATERIALIZED VIEW name WITH (key = …, …) AS SELECT …`: declare the feature table (creating its topic)
+    /// and persist it with its query; registering it starts the pipeline, here and on every server that follows the
+    /// catalog.
+    async fn create_materialized_view(&self, view: &datafusion::sql::sqlparser::ast::CreateView) -> Result<Output> {
+        use datafusion::sql::sqlparser::ast::{CreateTableOptions, SqlOption};
+        let tag = Output::Command { tag: "CREATE MATERIALIZED VIEW".into(), rows: None };
+        let name = view.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.clone()).unwrap_or_default();
+        let exists = self.defs.read().unwrap_or_else(|p| p.into_inner()).contains_key(&name)
+            || self.ctx.table_exist(public(&name))?;
+        if exists && !view.or_replace {
+            if view.if_not_exists {
+                return Ok(tag);
+            }
+            return Err(KfsqlError::DuplicateTable(format!("relation \"{name}\" already exists")));
+        }
+        let mut options = BTreeMap::new();
+        let given = match &view.options {
+            CreateTableOptions::With(o) | CreateTableOptions::Options(o) | CreateTableOptions::Plain(o) => o.clone(),
+            _ => Vec::new(),
+        };
+        for o in given {
+            let SqlOption::KeyValue { key, value } = o else {
+                return Err(KfsqlError::InvalidParameter(format!(
+                    "materialized view option {o}: expected name = 'value'"
+                )));
+            };
+            let value = value.to_string();
+            let value =
+                value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')).unwrap_or(&value).replace("''", "'");
+            options.insert(key.value.to_ascii_lowercase(), value);
+        }
+        let source = crate::pipeline::spec::source_table(&view.query)?;
+        let source_table = self.kafka_table(&source).await?;
+        let analysis = crate::pipeline::spec::analyse(&view.query, &source_table.schema(), self.database()).await?;
+        let partitions =
+            match options.get("partitions") {
+                Some(p) => p.parse::<i32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    KfsqlError::InvalidParameter(format!("partitions '{p}': expected a positive number"))
+                })?,
+                None => {
+                    let topic = crate::table::provider::as_kafka(source_table.as_ref()).map(|k| k.topic().to_string());
+                    self.factory.cluster().partition_count(&topic.unwrap_or_default()).await?
+                }
+            };
+        let def = crate::pipeline::spec::target_definition(&name, &view.query, &analysis, options)?;
+        let cluster = self.factory.cluster();
+        if !cluster.topic_exists(&def.topic).await? {
+            cluster.create_topic(&def.topic, partitions, &[]).await?;
+        }
+        let table = self.factory.table_from_definition(def)?;
+        // a replaced view starts over: its new query backfills from the source's beginning
+        self.pipelines.stop(&name);
+        self.pipelines.store().delete(&name).await?;
+        self.catalog.put(table.definition()).await?;
+        self.register(table)?;
+        Ok(tag)
+    }
+
+    async fn drop_materialized_views(&self, names: Vec<String>, if_exists: bool) -> Result<Output> {
+        for full in names {
+            let name = full.rsplit('.').next().unwrap_or(&full).trim_matches('"').to_string();
+            let is_view =
+                self.defs.read().unwrap_or_else(|p| p.into_inner()).get(&name).is_some_and(|d| d.pipeline.is_some());
+            if is_view {
+                self.pipelines.stop(&name);
+                self.catalog.delete(&name).await?;
+                self.apply(CatalogChange::Drop(name.clone()))?;
+                self.pipelines.store().delete(&name).await?;
+            } else if !if_exists {
+                return Err(KfsqlError::UndefinedTable(format!("materialized view \"{full}\" does not exist")));
+            }
+        }
+        Ok(Output::Command { tag: "DROP MATERIALIZED VIEW".into(), rows: None })
     }
 
     async fn drop_tables(&self, names: Vec<String>, if_exists: bool) -> Result<Output> {

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod kafka;
 pub mod latest;
+pub mod pipeline;
 pub mod server;
 pub mod sql;
 pub mod system;

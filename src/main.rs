@@ -43,6 +43,19 @@ enum Command {
         /// One or more SQL statements; the result of each is printed.
         sql: String,
     },
+    /// Produce a live stream of the fraud example's card transactions (and their labels) into the `transactions` and
+    /// `labels` topics, timed now: for watching the feature pipelines and latest views move.
+    Generate {
+        /// Transactions per second.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// How many users make them.
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        /// Stop after this many transactions (default: run until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+    },
 }
 
 /// Authentication and TLS for `serve`.
@@ -181,7 +194,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     // refuse a bad security setup before doing anything else
     let security = match &command {
         Command::Serve { listen, security } => Some(security.security(listen)?),
-        Command::Query { .. } => None,
+        Command::Query { .. } | Command::Generate { .. } => None,
     };
     let c = &cli.common;
     let cluster = match &c.brokers {
@@ -197,12 +210,27 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         memory_limit: c.memory_limit,
         ..Default::default()
     };
+    if let Command::Generate { rate, users, count } = command {
+        if cluster.is_embedded() {
+            return Err("generate needs --brokers: the Kafka that `kfsql serve` prints as its bootstrap".into());
+        }
+        for topic in ["transactions", "labels"] {
+            if !cluster.topic_exists(topic).await? {
+                cluster.create_topic(topic, 4, &[]).await?;
+            }
+        }
+        eprintln!("producing {rate} transactions/s to 'transactions' and 'labels' on {}", cluster.bootstrap_servers());
+        let sent = kfsql::demo::stream(cluster.producer(), users, rate, count).await?;
+        eprintln!("{sent} transactions produced");
+        return Ok(());
+    }
     let engine = Engine::start(cluster.clone(), config).await?;
     if (cluster.is_embedded() && !c.no_demo) || c.demo {
         tracing::info!("loading the fraud demo ({} transactions)…", c.demo_transactions);
         kfsql::demo::load(&engine, &cluster, c.demo_transactions, 1000).await?;
     }
     match command {
+        Command::Generate { .. } => Ok(()),
         Command::Query { sql } => {
             // A spinner while statements run (long exports), when a person is watching: elapsed time and the Kafka
             // messages read so far, with their rate.

@@ -1,6 +1,7 @@
 //! The `kfsql` schema: system tables computed when they are read — `kfsql.tables` (every Kafka table and its
 //! options), `kfsql.table_stats` (what scans have read: messages, bytes, bad messages, tombstones, misrouted keys)
-//! and `kfsql.freshness` (per latest view: readiness, consumer lag, newest event time applied and when).
+//! `kfsql.freshness` (per latest view: readiness, consumer lag, newest event time applied and when) and
+//! `kfsql.pipelines` (per materialized view: state, input lag, rows in / out, late events, watermark, last error).
 
 use std::sync::{Arc, Weak};
 
@@ -60,7 +61,11 @@ pub fn schema(engine: Weak<EngineInner>) -> DfResult<Arc<dyn SchemaProvider>> {
     )?;
     s.register_table(
         "freshness".into(),
-        Arc::new(SystemTable { schema: freshness_schema(), engine, rows: freshness_rows }),
+        Arc::new(SystemTable { schema: freshness_schema(), engine: engine.clone(), rows: freshness_rows }),
+    )?;
+    s.register_table(
+        "pipelines".into(),
+        Arc::new(SystemTable { schema: pipelines_schema(), engine, rows: pipelines_rows }),
     )?;
     Ok(Arc::new(s))
 }
@@ -203,4 +208,40 @@ fn freshness_rows(engine: &EngineInner) -> DfResult<RecordBatch> {
         )),
     ];
     Ok(RecordBatch::try_new(freshness_schema(), arrays)?)
+}
+
+fn pipelines_schema() -> SchemaRef {
+    let ts = || DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Nanosecond, None);
+    Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("state", DataType::Utf8, false),
+        Field::new("input_lag", DataType::Int64, false),
+        Field::new("rows_in", DataType::UInt64, false),
+        Field::new("rows_out", DataType::UInt64, false),
+        Field::new("late_events", DataType::UInt64, false),
+        Field::new("watermark", ts(), true),
+        Field::new("emitted_until", ts(), true),
+        Field::new("last_error", DataType::Utf8, true),
+        Field::new("query", DataType::Utf8, false),
+    ]))
+}
+
+fn pipelines_rows(engine: &EngineInner) -> DfResult<RecordBatch> {
+    use crate::pipeline::PipelineStatus;
+    use datafusion::arrow::array::{Int64Array, TimestampNanosecondArray};
+    use std::sync::atomic::Ordering::Relaxed;
+    let all = engine.pipelines().statuses();
+    let arrays: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(all.iter().map(|p| p.name.clone()))),
+        Arc::new(StringArray::from_iter_values(all.iter().map(|p| p.state()))),
+        Arc::new(Int64Array::from_iter_values(all.iter().map(|p| p.input_lag.load(Relaxed)))),
+        Arc::new(UInt64Array::from_iter_values(all.iter().map(|p| p.rows_in.load(Relaxed)))),
+        Arc::new(UInt64Array::from_iter_values(all.iter().map(|p| p.rows_out.load(Relaxed)))),
+        Arc::new(UInt64Array::from_iter_values(all.iter().map(|p| p.late_events.load(Relaxed)))),
+        Arc::new(TimestampNanosecondArray::from_iter(all.iter().map(|p| PipelineStatus::time(&p.watermark)))),
+        Arc::new(TimestampNanosecondArray::from_iter(all.iter().map(|p| PipelineStatus::time(&p.emitted_until)))),
+        Arc::new(StringArray::from_iter(all.iter().map(|p| p.last_error()))),
+        Arc::new(StringArray::from_iter_values(all.iter().map(|p| p.query.clone()))),
+    ];
+    Ok(RecordBatch::try_new(pipelines_schema(), arrays)?)
 }

@@ -23,6 +23,20 @@ pub struct JsonDecoder {
     /// Indices of the columns declared NOT NULL.
     not_null: Vec<usize>,
     policy: BadMessagePolicy,
+    /// Decoders reused by small batches (a point lookup decodes a handful of stored values per call).
+    pool: Arc<DecoderPool>,
+}
+
+/// Idle arrow-json decoders for batches of up to [`POOLED_BATCH`] payloads.
+#[derive(Default)]
+struct DecoderPool(std::sync::Mutex<Vec<arrow_json::reader::Decoder>>);
+
+const POOLED_BATCH: usize = 64;
+
+impl std::fmt::Debug for DecoderPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DecoderPool")
+    }
 }
 
 /// One decoded batch.
@@ -50,7 +64,7 @@ impl JsonDecoder {
     pub fn new(schema: &Schema, policy: BadMessagePolicy) -> Self {
         let not_null = schema.fields().iter().enumerate().filter(|(_, f)| !f.is_nullable()).map(|(i, _)| i).collect();
         let fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
-        Self { decode_schema: Arc::new(Schema::new(fields)), not_null, policy }
+        Self { decode_schema: Arc::new(Schema::new(fields)), not_null, policy, pool: Arc::default() }
     }
 
     /// The schema rows come out in: all nullable under `null`, the declared one otherwise.
@@ -153,10 +167,16 @@ impl JsonDecoder {
 
     /// Decode every payload into one batch; None when any of them is not exactly one valid object.
     fn try_decode_all<'a>(&self, payloads: impl ExactSizeIterator<Item = &'a [u8]>) -> Option<RecordBatch> {
-        let mut decoder = ReaderBuilder::new(self.decode_schema.clone())
-            .with_batch_size(payloads.len().max(1))
-            .build_decoder()
-            .ok()?;
+        let n = payloads.len();
+        let pooled = n <= POOLED_BATCH;
+        let idle = if pooled { self.pool.0.lock().unwrap_or_else(|p| p.into_inner()).pop() } else { None };
+        let mut decoder = match idle {
+            Some(d) => d,
+            None => ReaderBuilder::new(self.decode_schema.clone())
+                .with_batch_size(if pooled { POOLED_BATCH } else { n.max(1) })
+                .build_decoder()
+                .ok()?,
+        };
         let mut rows = 0usize;
         for p in payloads {
             let used = decoder.decode(p).ok()?;
@@ -165,11 +185,19 @@ impl JsonDecoder {
                 return None;
             }
         }
-        match decoder.flush() {
+        let batch = match decoder.flush() {
             Ok(Some(batch)) if batch.num_rows() == rows => Some(batch),
             Ok(None) if rows == 0 => Some(RecordBatch::new_empty(self.decode_schema.clone())),
-            _ => None,
+            _ => return None,
+        };
+        // only a decoder that finished cleanly is clean enough to reuse
+        if pooled {
+            let mut idle = self.pool.0.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < 64 {
+                idle.push(decoder);
+            }
         }
+        batch
     }
 
     /// Whether one payload decodes on its own, and why not.

@@ -4,6 +4,7 @@
 //! is its own task, and a client that disconnects drops its query's stream, which stops the Kafka readers.
 
 pub mod auth;
+mod coalesce;
 mod error;
 pub mod session;
 
@@ -431,6 +432,28 @@ impl ExtendedQueryHandler for Handlers {
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
         self.parser.clone()
+    }
+
+    /// `BindComplete` waits for the `Sync` flush (see [`coalesce`]).
+    async fn on_bind<C>(&self, client: &mut C, message: pgwire::messages::extendedquery::Bind) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        coalesce::bind(client, message).await
+    }
+
+    /// The rows and `CommandComplete` wait for the `Sync` flush (see [`coalesce`]).
+    async fn on_execute<C>(&self, client: &mut C, message: pgwire::messages::extendedquery::Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self._on_execute(&mut coalesce::Coalesced(client), message).await
     }
 
     async fn do_query<C>(&self, client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>

@@ -45,6 +45,18 @@ pub struct TableDefinition {
     pub columns: Vec<ColumnDef>,
     /// Options as given (lower-case keys), validated by [`TableOptions::parse`].
     pub options: BTreeMap<String, String>,
+    /// Set when the table is a materialized view's output: the continuous query that writes its topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineDefinition>,
+}
+
+/// The continuous query behind a materialized view (see [`crate::pipeline`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineDefinition {
+    /// The defining `SELECT`, as SQL text.
+    pub query: String,
+    /// How far behind the newest event time an event may arrive and still count (milliseconds).
+    pub allowed_lateness_ms: u64,
 }
 
 /// Typed, validated options of a Kafka table.
@@ -172,7 +184,14 @@ impl TableDefinition {
                 nullable: f.is_nullable(),
             })
             .collect();
-        Ok(Self { version: DEFINITION_VERSION, name: name.to_string(), topic: topic.to_string(), columns, options })
+        Ok(Self {
+            version: DEFINITION_VERSION,
+            name: name.to_string(),
+            topic: topic.to_string(),
+            columns,
+            options,
+            pipeline: None,
+        })
     }
 
     /// The declared payload schema.

@@ -76,6 +76,38 @@ impl KafkaTable {
         &self.def.topic
     }
 
+    /// A scan of exactly `ranges` (a pipeline reads the offsets it has not read yet this way).
+    pub fn scan_exec(
+        &self,
+        partition_count: i32,
+        ranges: Vec<PartitionRange>,
+        projection: Option<&Vec<usize>>,
+        limit: Option<usize>,
+        pushdown: String,
+    ) -> DfResult<KafkaScanExec> {
+        let projected_schema = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
+        let spec = ScanSpec {
+            table: self.def.name.clone(),
+            topic: self.def.topic.clone(),
+            partition_count,
+            consumer_config: self.cluster.consumer_config(),
+            decoder: self.decoder.clone(),
+            payload_columns: self.schema.fields().len() - 4,
+            projection: projection.cloned(),
+            projected_schema,
+            partitioner: self.options.partitioner,
+            key_column: self.options.key.clone(),
+            limit,
+            stall_timeout: self.stall_timeout,
+            stats: self.stats.clone(),
+            pushdown,
+        };
+        Ok(KafkaScanExec::new(spec, ranges))
+    }
+
     /// The offset ranges a scan with these bounds reads, as of now.
     pub async fn plan_ranges(&self, bounds: &ScanBounds) -> Result<(i32, Vec<PartitionRange>, Vec<String>)> {
         let topic = &self.def.topic;
@@ -195,26 +227,12 @@ impl TableProvider for KafkaTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let bounds = pushdown::bounds(filters, self.options.key.as_deref());
         let (count, ranges, notes) = self.plan_ranges(&bounds).await.map_err(KfsqlError::into_datafusion)?;
-        let projected_schema = match projection {
-            Some(p) => Arc::new(self.schema.project(p)?),
-            None => self.schema.clone(),
-        };
-        let spec = ScanSpec {
-            table: self.def.name.clone(),
-            topic: self.def.topic.clone(),
-            partition_count: count,
-            consumer_config: self.cluster.consumer_config(),
-            decoder: self.decoder.clone(),
-            payload_columns: self.schema.fields().len() - 4,
-            projection: projection.cloned(),
-            projected_schema,
-            partitioner: self.options.partitioner,
-            key_column: self.options.key.clone(),
-            limit,
-            stall_timeout: self.stall_timeout,
-            stats: self.stats.clone(),
-            pushdown: notes.join("; "),
-        };
-        Ok(Arc::new(KafkaScanExec::new(spec, ranges)))
+        Ok(Arc::new(self.scan_exec(count, ranges, projection, limit, notes.join("; "))?))
     }
+}
+
+/// The Kafka table behind a provider, if it is one.
+pub fn as_kafka(t: &dyn TableProvider) -> Option<&KafkaTable> {
+    let any: &dyn std::any::Any = t;
+    any.downcast_ref::<KafkaTable>()
 }

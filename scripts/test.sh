@@ -57,7 +57,7 @@ PIDS+=("$(start_tansu "$WORK/tansu" "$TANSU_PORT")")
 wait_port "$TANSU_PORT"
 log "integration tests against Tansu on 127.0.0.1:$TANSU_PORT"
 KFSQL_TEST_BROKERS="127.0.0.1:$TANSU_PORT" KFSQL_REQUIRE_BROKER=1 KFSQL_TANSU_BIN="$(command -v tansu)" \
-  cargo test --test kafka_tables --test slt --test server --test asof --test latest
+  cargo test --test kafka_tables --test slt --test server --test asof --test latest --test pipeline
 
 # --- 4. the real binary, driven by psql ---------------------------------------------------------------------------
 log "psql against the kfsql binary (embedded Kafka, demo data)"

@@ -221,6 +221,8 @@ fn pipelines_schema() -> SchemaRef {
         Field::new("late_events", DataType::UInt64, false),
         Field::new("watermark", ts(), true),
         Field::new("emitted_until", ts(), true),
+        Field::new("checkpoints", DataType::UInt64, false),
+        Field::new("checkpointed_at", ts(), true),
         Field::new("last_error", DataType::Utf8, true),
         Field::new("query", DataType::Utf8, false),
     ]))
@@ -240,6 +242,8 @@ fn pipelines_rows(engine: &EngineInner) -> DfResult<RecordBatch> {
         Arc::new(UInt64Array::from_iter_values(all.iter().map(|p| p.late_events.load(Relaxed)))),
         Arc::new(TimestampNanosecondArray::from_iter(all.iter().map(|p| PipelineStatus::time(&p.watermark)))),
         Arc::new(TimestampNanosecondArray::from_iter(all.iter().map(|p| PipelineStatus::time(&p.emitted_until)))),
+        Arc::new(UInt64Array::from_iter_values(all.iter().map(|p| p.checkpoints.load(Relaxed)))),
+        Arc::new(TimestampNanosecondArray::from_iter(all.iter().map(|p| PipelineStatus::time(&p.checkpointed_at)))),
         Arc::new(StringArray::from_iter(all.iter().map(|p| p.last_error()))),
         Arc::new(StringArray::from_iter_values(all.iter().map(|p| p.query.clone()))),
     ];

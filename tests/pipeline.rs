@@ -344,3 +344,149 @@ async fn unsupported_pipelines_are_refused() {
         assert!(err.contains(why), "{sql}: {err}");
     }
 }
+
+/// The `kfsql` binary serving on `port` against the test broker, killed (SIGKILL) when dropped.
+struct Server(std::process::Child);
+
+impl Server {
+    fn start(brokers: &str, catalog: &str, port: u16) -> Server {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_kfsql"))
+            .args(["serve", "--brokers", brokers, "--catalog-topic", catalog, "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .env("KFSQL_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("kfsql starts");
+        Server(child)
+    }
+
+    async fn connect(port: u16) -> tokio_postgres::Client {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let conn = format!("host=127.0.0.1 port={port} user=kfsql dbname=kfsql");
+            if let Ok((client, conn)) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await {
+                tokio::spawn(conn);
+                return client;
+            }
+            assert!(Instant::now() < deadline, "kfsql never accepted connections");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill(); // SIGKILL: no shutdown code runs
+        let _ = self.0.wait();
+    }
+}
+
+async fn text_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<String>> {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).unwrap_or("NULL").to_string()).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The real server process, killed with SIGKILL mid-stream and restarted three times while transactions keep
+/// arriving: the feature topic's newest value per (key, window) equals the oracle. Needs a broker that outlives the
+/// process (KFSQL_TEST_BROKERS); the embedded Kafka dies with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_server_resumes_its_pipelines() {
+    let Ok(brokers) = std::env::var("KFSQL_TEST_BROKERS") else {
+        eprintln!("skipped: needs KFSQL_TEST_BROKERS (a broker outside this process)");
+        return;
+    };
+    let cluster = common::cluster();
+    let catalog = common::unique("_cat_kill");
+    let (raw, out) = (common::unique("txn_kill"), common::unique("feat_kill"));
+    common::topic(&cluster, &raw, 3).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let mut server = Server::start(&brokers, &catalog, port);
+    let client = Server::connect(port).await;
+    text_rows(&client, &common::create_table_sql("transactions", &raw, "")).await;
+    text_rows(
+        &client,
+        &format!(
+            "CREATE MATERIALIZED VIEW per_minute WITH (topic = '{out}', key = 'user_id') AS \
+             SELECT user_id, window_end, count(*) AS n, sum(amount) AS total, min(amount) AS lo, max(amount) AS hi, \
+                    count(DISTINCT country) AS countries, last_value(country ORDER BY event_time) AS last_country \
+             FROM TUMBLE(transactions, event_time, INTERVAL '1 minute') GROUP BY user_id, window_end"
+        ),
+    )
+    .await;
+    drop(client);
+
+    let mut rng = StdRng::seed_from_u64(23);
+    let all = transactions(&mut rng, 3_000, 20, BASE);
+    let mut kills = 0;
+    for (round, chunk) in all.chunks(250).enumerate() {
+        produce(&cluster, &raw, chunk).await;
+        if round % 4 == 3 {
+            // kill once this server's pipeline has committed progress, at a random moment after
+            let client = Server::connect(port).await;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while text_rows(&client, "SELECT checkpoints FROM kfsql.pipelines WHERE name = 'per_minute'")
+                .await
+                .first()
+                .is_none_or(|r| r[0] == "0")
+            {
+                assert!(Instant::now() < deadline, "the pipeline never wrote a checkpoint");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            drop(client);
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+            drop(server); // kill -9, mid-stream
+            kills += 1;
+            server = Server::start(&brokers, &catalog, port);
+        }
+    }
+    assert_eq!(kills, 3);
+    let last = all.iter().map(|t| t.t).max().expect("events");
+    let closer = Txn { id: 99_999, user: "u_closer".into(), amount: 1.0, country: "FR", t: last + 10 * MINUTE };
+    produce(&cluster, &raw, std::slice::from_ref(&closer)).await;
+    let until = last.div_euclid(MINUTE) * MINUTE + MINUTE;
+    let client = Server::connect(port).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let r = text_rows(
+            &client,
+            "SELECT CAST(emitted_until AS BIGINT) / 1000000, input_lag, last_error FROM kfsql.pipelines \
+             WHERE name = 'per_minute'",
+        )
+        .await;
+        if r.first().is_some_and(|r| r[0].parse::<i64>().is_ok_and(|e| e >= until) && r[1] == "0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pipeline did not catch up after the kills: {r:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got: Features = text_rows(
+        &client,
+        "SELECT user_id, CAST(window_end AS BIGINT) / 1000000, n, total, lo, hi, countries, last_country \
+         FROM (SELECT *, row_number() OVER (PARTITION BY user_id, window_end ORDER BY _offset DESC) AS rn FROM per_minute) \
+         WHERE rn = 1",
+    )
+    .await
+    .into_iter()
+    .map(|r| {
+        let num = |s: &str| format!("{:.2}", s.parse::<f64>().expect("number"));
+        ((r[0].clone(), r[1].parse().expect("end")), vec![r[2].clone(), num(&r[3]), num(&r[4]), num(&r[5]), r[6].clone(), r[7].clone()])
+    })
+    .collect();
+    let want = oracle(&all, MINUTE, MINUTE, until);
+    assert_eq!(got.len(), want.len(), "windows in the feature topic");
+    for (k, v) in &want {
+        assert_eq!(got.get(k), Some(v), "user {} window ending {}", k.0, iso(k.1));
+    }
+    drop(server);
+}

@@ -27,16 +27,22 @@ pub struct Checkpoint {
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
     topic: KeyedTopic,
+    /// Set once the topic is known to exist (it is created with the first pipeline).
+    created: std::sync::Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl CheckpointStore {
     pub fn new(topic: KeyedTopic) -> Self {
-        Self { topic }
+        Self { topic, created: Default::default() }
+    }
+
+    async fn ensure_topic(&self) -> Result<()> {
+        self.created.get_or_try_init(|| self.topic.ensure_topic()).await.map(|_| ())
     }
 
     /// The last checkpoint of pipeline `name`, if it has one.
     pub async fn load(&self, name: &str) -> Result<Option<Checkpoint>> {
-        self.topic.ensure_topic().await?;
+        self.ensure_topic().await?;
         let all = self.topic.latest().await?;
         all.get(name)
             .map(|v| {
@@ -48,11 +54,13 @@ impl CheckpointStore {
 
     pub async fn save(&self, name: &str, checkpoint: &Checkpoint) -> Result<()> {
         let value = serde_json::to_vec(checkpoint).map_err(|e| KfsqlError::Internal(e.to_string()))?;
+        self.ensure_topic().await?;
         self.topic.send(name, Some(&value)).await
     }
 
     /// Forget a dropped pipeline's progress.
     pub async fn delete(&self, name: &str) -> Result<()> {
+        self.ensure_topic().await?;
         self.topic.send(name, None).await
     }
 }

@@ -35,6 +35,9 @@ pub struct PipelineStatus {
     /// ns since the epoch; i64::MIN: none yet.
     pub watermark: AtomicI64,
     pub emitted_until: AtomicI64,
+    /// Checkpoints written since this server started the pipeline, and when the last one was (ns).
+    pub checkpoints: AtomicU64,
+    pub checkpointed_at: AtomicI64,
 }
 
 impl PipelineStatus {
@@ -50,6 +53,8 @@ impl PipelineStatus {
             late_events: AtomicU64::new(0),
             watermark: AtomicI64::new(i64::MIN),
             emitted_until: AtomicI64::new(i64::MIN),
+            checkpoints: AtomicU64::new(0),
+            checkpointed_at: AtomicI64::new(i64::MIN),
         }
     }
 

@@ -231,6 +231,8 @@ impl Pipeline {
         status.rows_out.fetch_add(written, Relaxed);
         let checkpoint = self.checkpoint()?;
         store.save(&self.name, &checkpoint).await?;
+        status.checkpoints.fetch_add(1, Relaxed);
+        status.checkpointed_at.store(crate::latest::view::now_ns(), Relaxed);
         status.set_state(if backlog.is_empty() { "running" } else { "backfilling" });
         status.clear_error();
         Ok(true)

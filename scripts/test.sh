@@ -86,7 +86,11 @@ check 'latest view point lookup' 'u42' -At -c "SELECT user_id FROM latest.transa
 check '\dt latest.* lists the online views' 'transactions' -c '\dt latest.*'
 check 'freshness shows the view ready' 't|' -At -c "SELECT ready, keys FROM kfsql.freshness WHERE table_name = 'transactions'"
 check 'the fraud example queries run' 'misrouted' -e -f sql/fraud/queries.sql
-echo "psql: 10 passed, 0 failed"
+check 'the feature pipelines run' 'user_txn_features|running|0' -At -c 'SELECT name, state, input_lag FROM kfsql.pipelines'
+check 'SHOW MATERIALIZED VIEWS' 'user_daily_spend' -c 'SHOW MATERIALIZED VIEWS'
+check 'online features from a pipeline' 't' -At -c 'SELECT count(*) > 0 FROM latest.user_txn_features'
+check 'the training set joins labels to features as of their time' 'COPY 5000' -e -f sql/fraud/training_set.sql
+echo "psql: 14 passed, 0 failed"
 
 log "psql against kfsql with SCRAM passwords, a read-only user and TLS (a throwaway self-signed certificate)"
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/tls.key" -out "$WORK/tls.crt" -days 1 -subj "/CN=localhost" 2>/dev/null

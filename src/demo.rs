@@ -180,11 +180,12 @@ pub async fn load(engine: &Engine, cluster: &KafkaCluster, transactions: usize, 
     produce_labels(cluster.producer(), "labels", &txns).await?;
     engine.query(TABLES_SQL).await?;
     engine.query(FEATURES_SQL).await?;
-    if !engine.inner().pipelines().wait_caught_up(Duration::from_secs(60)).await {
+    // serve once the pipelines have computed the demo's features and the online views hold them
+    let wait = Duration::from_secs(120);
+    if !engine.inner().pipelines().wait_caught_up(wait).await {
         tracing::warn!("the demo's feature pipelines are still backfilling; see kfsql.pipelines");
     }
-    // serve the online views only once they hold the demo's values
-    if !engine.inner().latest().wait_ready(Duration::from_secs(30)).await {
+    if !engine.inner().latest().wait_caught_up(wait).await {
         tracing::warn!("the demo's latest views are still loading; see kfsql.freshness");
     }
     Ok(())

@@ -93,6 +93,20 @@ impl LatestViews {
         true
     }
 
+    /// Wait until every view has applied everything its topic held when this was called (the broker confirmed it
+    /// is at the end since then); false on timeout.
+    pub async fn wait_caught_up(&self, timeout: std::time::Duration) -> bool {
+        let since = view::now_ns();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.all().iter().all(|v| v.fresh.caught_up_ns.load(Ordering::Acquire) >= since) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// Stop following `name` and remove `latest.<name>`.
     pub fn stop(&self, name: &str) {
         if let Some(v) = self.views.write().unwrap_or_else(|p| p.into_inner()).remove(name) {

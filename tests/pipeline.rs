@@ -78,6 +78,7 @@ fn oracle(txns: &[Txn], slide: i64, size: i64, emitted_until: i64) -> Features {
             let v = vec![
                 ts.len().to_string(),
                 format!("{sum:.2}"),
+                format!("{:.2}", sum / ts.len() as f64),
                 format!("{min:.2}"),
                 format!("{max:.2}"),
                 countries.len().to_string(),
@@ -91,7 +92,7 @@ fn oracle(txns: &[Txn], slide: i64, size: i64, emitted_until: i64) -> Features {
 /// The feature topic's newest message per (key, window): the pipeline's answer.
 async fn features(engine: &Engine, table: &str) -> Features {
     let sql = format!(
-        "SELECT user_id, CAST(window_end AS BIGINT) / 1000000 AS end_ms, n, total, lo, hi, countries, last_country \
+        "SELECT user_id, CAST(window_end AS BIGINT) / 1000000 AS end_ms, n, total, mean, lo, hi, countries, last_country \
          FROM (SELECT *, row_number() OVER (PARTITION BY user_id, window_end ORDER BY _offset DESC) AS rn FROM {table}) \
          WHERE rn = 1"
     );
@@ -101,7 +102,7 @@ async fn features(engine: &Engine, table: &str) -> Features {
         .map(|r| {
             let num = |s: &str| format!("{:.2}", s.parse::<f64>().expect("number"));
             let key = (r[0].clone(), r[1].parse::<i64>().expect("end"));
-            (key, vec![r[2].clone(), num(&r[3]), num(&r[4]), num(&r[5]), r[6].clone(), r[7].clone()])
+            (key, vec![r[2].clone(), num(&r[3]), num(&r[4]), num(&r[5]), num(&r[6]), r[7].clone(), r[8].clone()])
         })
         .collect()
 }
@@ -178,8 +179,9 @@ async fn hopping_window_survives_crashes_and_equals_the_oracle() {
         &engine,
         &format!(
             "CREATE MATERIALIZED VIEW feats WITH (topic = '{out}', key = 'user_id', allowed_lateness = '1 minute') AS \
-             SELECT user_id, window_end, count(*) AS n, sum(amount) AS total, min(amount) AS lo, max(amount) AS hi, \
-                    count(DISTINCT country) AS countries, last_value(country ORDER BY event_time) AS last_country \
+             SELECT user_id, window_end, count(*) AS n, sum(amount) AS total, avg(amount) AS mean, min(amount) AS lo, \
+                    max(amount) AS hi, count(DISTINCT country) AS countries, \
+                    last_value(country ORDER BY event_time) AS last_country \
              FROM HOP(transactions, event_time, INTERVAL '10 minutes', INTERVAL '30 minutes') \
              GROUP BY user_id, window_end"
         ),
@@ -229,6 +231,34 @@ async fn hopping_window_survives_crashes_and_equals_the_oracle() {
     assert_eq!(batch, counts, "pipeline and batch query disagree");
     let (_, _, _, _, late, _) = status(&engine, "feats").await.expect("status");
     assert_eq!(late, 0, "no event was late");
+
+    // the consumer group mirrors the checkpoint: Kafka's tools see the pipeline's position
+    let committed = committed(&cluster, "kfsql-pipeline-feats", &raw, 4).await;
+    let highs = cluster.watermarks(&raw, &[0, 1, 2, 3]).await.expect("watermarks");
+    for (p, c) in committed.iter().enumerate() {
+        assert!(*c >= 0 && *c <= highs[p].high, "partition {p}: committed {c}, high {}", highs[p].high);
+    }
+    assert!(committed.iter().sum::<i64>() > 0, "offsets committed: {committed:?}");
+}
+
+/// The offsets consumer group `group` committed on `topic`'s partitions (-1: none).
+async fn committed(cluster: &Arc<KafkaCluster>, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = cluster.consumer_config().set("group.id", group).create().expect("consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = tokio::task::spawn_blocking(move || consumer.committed_offsets(tpl, Duration::from_secs(10)))
+        .await
+        .expect("join")
+        .expect("committed offsets");
+    (0..partitions)
+        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+            Some(rdkafka::Offset::Offset(o)) => o,
+            _ => -1,
+        })
+        .collect()
 }
 
 /// A stateless projection and filter; a `date_bin` tumbling window whose late events are counted and left out;
@@ -418,8 +448,9 @@ async fn killed_server_resumes_its_pipelines() {
         &client,
         &format!(
             "CREATE MATERIALIZED VIEW per_minute WITH (topic = '{out}', key = 'user_id') AS \
-             SELECT user_id, window_end, count(*) AS n, sum(amount) AS total, min(amount) AS lo, max(amount) AS hi, \
-                    count(DISTINCT country) AS countries, last_value(country ORDER BY event_time) AS last_country \
+             SELECT user_id, window_end, count(*) AS n, sum(amount) AS total, avg(amount) AS mean, min(amount) AS lo, \
+                    max(amount) AS hi, count(DISTINCT country) AS countries, \
+                    last_value(country ORDER BY event_time) AS last_country \
              FROM TUMBLE(transactions, event_time, INTERVAL '1 minute') GROUP BY user_id, window_end"
         ),
     )
@@ -472,7 +503,7 @@ async fn killed_server_resumes_its_pipelines() {
     }
     let got: Features = text_rows(
         &client,
-        "SELECT user_id, CAST(window_end AS BIGINT) / 1000000, n, total, lo, hi, countries, last_country \
+        "SELECT user_id, CAST(window_end AS BIGINT) / 1000000, n, total, mean, lo, hi, countries, last_country \
          FROM (SELECT *, row_number() OVER (PARTITION BY user_id, window_end ORDER BY _offset DESC) AS rn FROM per_minute) \
          WHERE rn = 1",
     )
@@ -480,7 +511,7 @@ async fn killed_server_resumes_its_pipelines() {
     .into_iter()
     .map(|r| {
         let num = |s: &str| format!("{:.2}", s.parse::<f64>().expect("number"));
-        ((r[0].clone(), r[1].parse().expect("end")), vec![r[2].clone(), num(&r[3]), num(&r[4]), num(&r[5]), r[6].clone(), r[7].clone()])
+        ((r[0].clone(), r[1].parse().expect("end")), vec![r[2].clone(), num(&r[3]), num(&r[4]), num(&r[5]), num(&r[6]), r[7].clone(), r[8].clone()])
     })
     .collect();
     let want = oracle(&all, MINUTE, MINUTE, until);

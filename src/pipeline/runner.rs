@@ -82,6 +82,10 @@ struct Pipeline {
     max_time: BTreeMap<i32, i64>,
     /// Rows of windows not yet emitted.
     buffer: Vec<RecordBatch>,
+    /// Commits the checkpoint's resume offsets to the consumer group `kfsql-pipeline-<name>`, so Kafka's own tools
+    /// (`kafka-consumer-groups --describe`) show the pipeline's position and lag.
+    group: Option<Arc<crate::kafka::KfsqlConsumer>>,
+    topic: String,
 }
 
 async fn attempt(
@@ -134,7 +138,15 @@ impl Pipeline {
         let insert_sql = format!("INSERT INTO {OUTPUT} ({}) {}", columns.join(", "), pipeline.query);
 
         let checkpoint = store.load(name).await?.unwrap_or_default();
+        let topic = kafka.topic().to_string();
         let cluster = e.factory().cluster().clone();
+        let group = cluster
+            .consumer_config()
+            .set("group.id", format!("kfsql-pipeline-{name}"))
+            .create_with_context(crate::kafka::KfsqlContext)
+            .map_err(|e| tracing::warn!("pipeline '{name}': no consumer group commits: {e}"))
+            .ok()
+            .map(Arc::new);
         let count = cluster.partition_count(kafka.topic()).await?;
         let marks = cluster.watermarks(kafka.topic(), &(0..count).collect::<Vec<_>>()).await?;
         // a new pipeline starts at the beginning of the source: its backfill
@@ -162,6 +174,8 @@ impl Pipeline {
             watermark: checkpoint.emitted_until,
             max_time: BTreeMap::new(),
             buffer: Vec::new(),
+            group,
+            topic,
         }))
     }
 
@@ -233,6 +247,7 @@ impl Pipeline {
         store.save(&self.name, &checkpoint).await?;
         status.checkpoints.fetch_add(1, Relaxed);
         status.checkpointed_at.store(crate::latest::view::now_ns(), Relaxed);
+        self.commit_group(&checkpoint).await;
         status.set_state(if backlog.is_empty() { "running" } else { "backfilling" });
         status.clear_error();
         Ok(true)
@@ -335,6 +350,23 @@ impl Pipeline {
             }
         }
         Ok(out)
+    }
+
+    /// Mirror the checkpoint in the consumer group (best effort: the checkpoint is what a restart reads).
+    async fn commit_group(&self, checkpoint: &Checkpoint) {
+        use rdkafka::consumer::{CommitMode, Consumer};
+        let Some(group) = self.group.clone() else { return };
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for (&p, &o) in &checkpoint.resume {
+            if tpl.add_partition_offset(&self.topic, p, rdkafka::Offset::Offset(o)).is_err() {
+                return;
+            }
+        }
+        let name = self.name.clone();
+        let done = tokio::task::spawn_blocking(move || group.commit(&tpl, CommitMode::Sync)).await;
+        if let Ok(Err(e)) = done {
+            tracing::debug!("pipeline '{name}': consumer group commit failed: {e}");
+        }
     }
 
     /// Where a restart resumes: per partition the oldest buffered offset, else the next unread one.

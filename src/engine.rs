@@ -118,6 +118,7 @@ impl Engine {
         let ctx = SessionContext::new_with_state(state);
         datafusion_pg_catalog::setup_pg_catalog(&ctx, &config.database, EmptyContextProvider)
             .map_err(|e| KfsqlError::Internal(format!("setting up pg_catalog: {e}")))?;
+        sql::pg_functions::register(&ctx);
         ctx.register_relation_planner(Arc::new(crate::asof::AsofRelationPlanner))?;
         let catalog = CatalogStore::new(cluster.clone(), &config.catalog_topic);
         let pipelines = crate::pipeline::Pipelines::new(crate::pipeline::checkpoint::CheckpointStore::new(

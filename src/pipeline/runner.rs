@@ -1,7 +1,7 @@
 //! One pipeline's loop: read what the source topic gained, compute, write, checkpoint.
 //!
 //! Each round reads every source partition from where the pipeline stands up to the high watermark snapshotted
-//! for the round (at most [`ROUND_MESSAGES`] per partition), then:
+//! for the round (at most [`ROUND_MESSAGES`] in all), then:
 //! - **stateless** query (projections, filters): runs it over the round's rows;
 //! - **windowed** query: adds the rows to a buffer of the windows still open, advances the watermark and, for the
 //!   windows it closed, runs the query over the buffered rows, keeping only those windows. Each window is emitted
@@ -37,8 +37,9 @@ use crate::error::{KfsqlError, Result};
 use crate::table::KafkaTable;
 use crate::table::scan::PartitionRange;
 
-/// Messages read per partition per round, at most (a backfill proceeds in rounds of this size).
-pub const ROUND_MESSAGES: i64 = 50_000;
+/// Messages read per round, at most, spread over the partitions that have some (a backfill proceeds in rounds of
+/// this size, so the windows each round closes, and the memory computing them takes, stay bounded).
+pub const ROUND_MESSAGES: i64 = 100_000;
 /// Pause between rounds that found nothing new.
 const IDLE: Duration = Duration::from_millis(100);
 /// The name the output table has in the pipeline's own session.
@@ -188,9 +189,11 @@ impl Pipeline {
         let marks = cluster.watermarks(kafka.topic(), &parts).await?;
         let mut ranges = Vec::new();
         let mut backlog = Vec::new();
+        let with_data = parts.iter().enumerate().filter(|(i, p)| marks[*i].high > self.position[*p]).count();
+        let per_partition = (ROUND_MESSAGES / with_data.max(1) as i64).max(1_000);
         for (i, &p) in parts.iter().enumerate() {
             let start = self.position[&p].max(marks[i].low);
-            let end = marks[i].high.min(start.saturating_add(ROUND_MESSAGES));
+            let end = marks[i].high.min(start.saturating_add(per_partition));
             if end > start {
                 ranges.push(PartitionRange { partition: p, start, end });
             }
@@ -231,8 +234,7 @@ impl Pipeline {
                 let hi = self.watermark.map(|wm| w.end_at_or_before(wm.saturating_sub(self.lateness_ns)));
                 match hi {
                     Some(hi) if lo.is_none_or(|lo| hi > lo) => {
-                        let ready = self.rows_before(w, hi)?;
-                        let n = self.emit(ready, Some((lo.unwrap_or(i64::MIN), hi))).await?;
+                        let n = self.emit_windows(w, lo, hi).await?;
                         self.emitted_until = Some(hi);
                         status.emitted_until.store(hi, Relaxed);
                         self.evict(w, hi)?;
@@ -327,9 +329,38 @@ impl Pipeline {
         }
     }
 
-    /// Buffered rows with event time before `hi`: every window ending by `hi` is complete among them.
-    fn rows_before(&self, w: Window, hi: i64) -> Result<Vec<RecordBatch>> {
-        self.filter_buffer(w, |t| t < hi)
+    /// Emit the windows ending in `(lo, hi]`, one window end at a time: each query then holds the groups of one
+    /// window end (per-group state such as count distinct's is not small), whatever span a backfill round covers.
+    async fn emit_windows(&self, w: Window, lo: Option<i64>, hi: i64) -> Result<u64> {
+        let first = match lo {
+            Some(lo) => lo.saturating_add(w.slide_ns),
+            None => match self.min_time(w)? {
+                Some(t) => w.first_end(t),
+                None => return Ok(0),
+            },
+        };
+        let mut written = 0;
+        let mut end = first;
+        while end <= hi {
+            // the rows of the windows ending at `end`: [end - size, end)
+            let from = end.saturating_sub(w.size_ns);
+            let rows = self.filter_buffer(w, |t| t >= from && t < end)?;
+            written += self.emit(rows, Some((end - w.slide_ns, end))).await?;
+            end = end.saturating_add(w.slide_ns);
+        }
+        Ok(written)
+    }
+
+    /// The earliest event time buffered.
+    fn min_time(&self, w: Window) -> Result<Option<i64>> {
+        let mut min = None;
+        for b in &self.buffer {
+            let times = times_ns(b, w.time_index)?;
+            if let Some(m) = datafusion::arrow::compute::min(&times) {
+                min = Some(min.map_or(m, |x: i64| x.min(m)));
+            }
+        }
+        Ok(min)
     }
 
     /// Drop rows that no window ending after `hi` needs.

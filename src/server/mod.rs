@@ -260,6 +260,7 @@ impl Handlers {
             SessionCommand::Begin => Response::TransactionStart(Tag::new("BEGIN")),
             SessionCommand::Commit => Response::TransactionEnd(Tag::new("COMMIT")),
             SessionCommand::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")),
+            SessionCommand::RollbackToSavepoint => Response::TransactionStart(Tag::new("ROLLBACK")),
             SessionCommand::NoOp(tag) => Response::Execution(Tag::new(tag)),
         }
     }
@@ -388,6 +389,8 @@ fn writes(stmt: &DFStatement) -> bool {
                 | SqlStatement::StartTransaction { .. }
                 | SqlStatement::Commit { .. }
                 | SqlStatement::Rollback { .. }
+                | SqlStatement::Savepoint { .. }
+                | SqlStatement::ReleaseSavepoint { .. }
                 | SqlStatement::Declare { .. }
                 | SqlStatement::Fetch { .. }
                 | SqlStatement::Close { .. }

@@ -1,5 +1,5 @@
 //! Per-connection session statements that never reach the query engine: `SET`, `SHOW`, `RESET`, transaction
-//! control (`BEGIN`/`COMMIT`/`ROLLBACK`: kfsql is read-mostly and autocommit, so they only move the transaction
+//! control (`BEGIN`/`COMMIT`/`ROLLBACK`, savepoints: kfsql is read-mostly and autocommit, so they only move the transaction
 //! status clients expect), `DISCARD`, `DEALLOCATE`. Values live in the connection's metadata, so each client sees
 //! its own settings.
 
@@ -44,6 +44,8 @@ pub enum SessionCommand {
     Begin,
     Commit,
     Rollback,
+    /// `ROLLBACK TO SAVEPOINT`: the transaction goes on (and is usable again after an error).
+    RollbackToSavepoint,
     /// Accepted and answered with this tag, nothing else to do (DISCARD, DEALLOCATE).
     NoOp(&'static str),
 }
@@ -86,7 +88,11 @@ pub fn classify(stmt: &DFStatement) -> Option<SessionCommand> {
         }
         Statement::StartTransaction { .. } => Some(SessionCommand::Begin),
         Statement::Commit { .. } => Some(SessionCommand::Commit),
+        Statement::Rollback { savepoint: Some(_), .. } => Some(SessionCommand::RollbackToSavepoint),
         Statement::Rollback { .. } => Some(SessionCommand::Rollback),
+        // psycopg 3 wraps statements in savepoints inside transactions; nothing kfsql does needs undoing
+        Statement::Savepoint { .. } => Some(SessionCommand::NoOp("SAVEPOINT")),
+        Statement::ReleaseSavepoint { .. } => Some(SessionCommand::NoOp("RELEASE")),
         Statement::Discard { .. } => Some(SessionCommand::NoOp("DISCARD ALL")),
         Statement::Deallocate { .. } => Some(SessionCommand::NoOp("DEALLOCATE")),
         _ => None,

@@ -1,7 +1,9 @@
-//! SQL front end: kfsql's [`dialect`] (Postgres + time travel), statement parsing into DataFusion statements, and
-//! the AST rewrites that must happen before planning ([`time_travel`]).
+//! SQL front end: kfsql's [`dialect`] (Postgres + time travel), statement parsing into DataFusion statements, the
+//! AST rewrites that must happen before planning ([`time_travel`]), and the PostgreSQL functions clients call
+//! ([`pg_functions`]).
 
 pub mod dialect;
+pub mod pg_functions;
 pub mod time_travel;
 
 use std::collections::VecDeque;

@@ -1,0 +1,210 @@
+//! PostgreSQL functions that client catalog queries call and neither DataFusion nor datafusion-pg-catalog provide:
+//! `version()` worded as PostgreSQL's (clients parse the server version out of it), `to_regtype(text)`,
+//! `pg_get_serial_sequence(table, column)` (Kafka tables have no sequences) and `json_build_object(k, v, …)`.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, Int32Builder, StringBuilder};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{Result, ScalarValue, exec_err};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, create_udf,
+};
+use datafusion::prelude::SessionContext;
+
+/// Register them all.
+pub fn register(ctx: &SessionContext) {
+    ctx.register_udf(version());
+    ctx.register_udf(pg_get_serial_sequence());
+    ctx.register_udf(to_regtype());
+    ctx.register_udf(ScalarUDF::new_from_impl(JsonBuildObject::new()));
+}
+
+fn version() -> ScalarUDF {
+    let text = format!(
+        "PostgreSQL 15.0 (kfsql {} on Apache DataFusion) on {}-pc-linux-gnu, compiled by rustc, 64-bit",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH
+    );
+    create_udf(
+        "version",
+        vec![],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(move |_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(text.clone()))))),
+    )
+}
+
+fn pg_get_serial_sequence() -> ScalarUDF {
+    create_udf(
+        "pg_get_serial_sequence",
+        vec![DataType::Utf8, DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))),
+    )
+}
+
+/// The OIDs of the types kfsql's columns and catalog can have (PostgreSQL's own numbers, as in pg_type).
+pub const TYPE_OIDS: &[(&str, i32)] = &[
+    ("bool", 16),
+    ("boolean", 16),
+    ("bytea", 17),
+    ("char", 18),
+    ("name", 19),
+    ("int8", 20),
+    ("bigint", 20),
+    ("int2", 21),
+    ("smallint", 21),
+    ("int4", 23),
+    ("integer", 23),
+    ("int", 23),
+    ("regproc", 24),
+    ("text", 25),
+    ("oid", 26),
+    ("json", 114),
+    ("float4", 700),
+    ("real", 700),
+    ("float8", 701),
+    ("double precision", 701),
+    ("bpchar", 1042),
+    ("character", 1042),
+    ("varchar", 1043),
+    ("character varying", 1043),
+    ("date", 1082),
+    ("time", 1083),
+    ("time without time zone", 1083),
+    ("timestamp", 1114),
+    ("timestamp without time zone", 1114),
+    ("timestamptz", 1184),
+    ("timestamp with time zone", 1184),
+    ("interval", 1186),
+    ("numeric", 1700),
+    ("decimal", 1700),
+    ("regclass", 2205),
+    ("regtype", 2206),
+    ("uuid", 2950),
+    ("jsonb", 3802),
+];
+
+/// `to_regtype('name')`: the type's OID, NULL for a type that does not exist (like PostgreSQL, never an error).
+fn to_regtype() -> ScalarUDF {
+    create_udf(
+        "to_regtype",
+        vec![DataType::Utf8],
+        DataType::Int32,
+        Volatility::Stable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let lookup = |name: &str| {
+                let n = name.trim().trim_start_matches("pg_catalog.").trim_matches('"').to_ascii_lowercase();
+                TYPE_OIDS.iter().find(|(t, _)| *t == n).map(|(_, oid)| *oid)
+            };
+            match &args[0] {
+                ColumnarValue::Scalar(v) => {
+                    let name = match v {
+                        ScalarValue::Utf8(s) | ScalarValue::Utf8View(s) | ScalarValue::LargeUtf8(s) => s.clone(),
+                        _ => None,
+                    };
+                    Ok(ColumnarValue::Scalar(ScalarValue::Int32(name.as_deref().and_then(lookup))))
+                }
+                ColumnarValue::Array(a) => {
+                    let a = datafusion::arrow::compute::cast(a, &DataType::Utf8)?;
+                    let strings = datafusion::arrow::array::AsArray::as_string::<i32>(&a);
+                    let mut out = Int32Builder::with_capacity(strings.len());
+                    for s in strings.iter() {
+                        out.append_option(s.and_then(lookup));
+                    }
+                    Ok(ColumnarValue::Array(Arc::new(out.finish()) as ArrayRef))
+                }
+            }
+        }),
+    )
+}
+
+/// `json_build_object(k1, v1, k2, v2, …)` as JSON text.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonBuildObject {
+    signature: Signature,
+}
+
+impl JsonBuildObject {
+    fn new() -> Self {
+        Self { signature: Signature::variadic_any(Volatility::Immutable) }
+    }
+}
+
+impl ScalarUDFImpl for JsonBuildObject {
+    fn name(&self) -> &str {
+        "json_build_object"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        if args.args.len() % 2 != 0 {
+            return exec_err!("json_build_object: argument list must have even number of elements");
+        }
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let mut out = StringBuilder::with_capacity(rows, rows * 32);
+        for row in 0..rows {
+            let mut object = serde_json::Map::new();
+            for pair in arrays.chunks(2) {
+                let key = ScalarValue::try_from_array(&pair[0], row)?;
+                if key.is_null() {
+                    return exec_err!("json_build_object: a key cannot be null");
+                }
+                let key = match key {
+                    ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => s,
+                    other => other.to_string(),
+                };
+                object.insert(key, json_value(&pair[1], row)?);
+            }
+            out.append_value(serde_json::Value::Object(object).to_string());
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+fn json_value(array: &ArrayRef, row: usize) -> Result<serde_json::Value> {
+    use serde_json::Value;
+    if array.data_type() == &DataType::Null || array.is_null(row) {
+        return Ok(Value::Null);
+    }
+    Ok(match ScalarValue::try_from_array(array, row)? {
+        ScalarValue::Boolean(Some(b)) => Value::Bool(b),
+        ScalarValue::Int8(Some(v)) => v.into(),
+        ScalarValue::Int16(Some(v)) => v.into(),
+        ScalarValue::Int32(Some(v)) => v.into(),
+        ScalarValue::Int64(Some(v)) => v.into(),
+        ScalarValue::UInt8(Some(v)) => v.into(),
+        ScalarValue::UInt16(Some(v)) => v.into(),
+        ScalarValue::UInt32(Some(v)) => v.into(),
+        ScalarValue::UInt64(Some(v)) => v.into(),
+        ScalarValue::Float32(Some(v)) => serde_json::Number::from_f64(v as f64).map(Value::Number).unwrap_or(Value::Null),
+        ScalarValue::Float64(Some(v)) => serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null),
+        ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => Value::String(s),
+        other => Value::String(other.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn postgres_functions_answer_like_postgres() {
+        let ctx = SessionContext::new();
+        register(&ctx);
+        let sql = "SELECT version() LIKE 'PostgreSQL 15.%', to_regtype('int8'), to_regtype('hstore'), \
+                   json_build_object('a', 1, 'b', 'x', 'c', NULL, 'd', true), pg_get_serial_sequence('t', 'c')";
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
+        assert!(text.contains("| true "), "{text}");
+        assert!(text.contains("| 20 "), "{text}");
+        assert!(text.contains(r#"{"a":1,"b":"x","c":null,"d":true}"#), "{text}");
+    }
+}

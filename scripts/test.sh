@@ -3,7 +3,7 @@
 #   1. installs what is missing (the Tansu broker via cargo, the psql client via apt),
 #   2. builds once (debug) and runs unit tests and the integration suites against the in-process mock cluster,
 #   3. starts Tansu (SQLite engine) on a free port and runs the broker suites against it,
-#   4. drives the real `kfsql` binary with psql,
+#   4. drives the real `kfsql` binary with psql and the Python clients (psycopg 3, psycopg2, SQLAlchemy, pandas),
 #   5. stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,11 @@ if ! command -v psql >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; th
   log "installing the psql client and openssl"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq postgresql-client openssl >/dev/null
+fi
+
+if ! python3 -c 'import psycopg, psycopg2, sqlalchemy, pandas' >/dev/null 2>&1; then
+  log "installing the Python clients (psycopg 3, psycopg2, SQLAlchemy 2, pandas)"
+  python3 -m pip install -q 'psycopg[binary]' psycopg2-binary 'sqlalchemy>=2' pandas
 fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
@@ -41,7 +46,7 @@ start_tansu() { # $1 = data dir, $2 = port; prints the pid
   echo $!
 }
 wait_port() { # $1 = port
-  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+  for _ in $(seq 1 600); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
   echo "nothing listens on port $1" >&2; return 1
 }
 
@@ -91,6 +96,8 @@ check 'SHOW MATERIALIZED VIEWS' 'user_daily_spend' -c 'SHOW MATERIALIZED VIEWS'
 check 'online features from a pipeline' 't' -At -c 'SELECT count(*) > 0 FROM latest.user_txn_features'
 check 'the training set joins labels to features as of their time' 'COPY 5000' -e -f sql/fraud/training_set.sql
 echo "psql: 14 passed, 0 failed"
+log "Python clients against the same server"
+python3 tests/clients/python_clients.py "host=127.0.0.1 port=$PG_PORT user=kfsql dbname=kfsql" 5000
 
 log "psql against kfsql with SCRAM passwords, a read-only user and TLS (a throwaway self-signed certificate)"
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/tls.key" -out "$WORK/tls.crt" -days 1 -subj "/CN=localhost" 2>/dev/null

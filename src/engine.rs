@@ -460,7 +460,9 @@ impl EngineInner {
                 self.name_insert_columns(&mut s);
                 sql::time_travel::rewrite(&mut s)?;
                 crate::asof::rewrite(&mut s);
-                DFStatement::Statement(Box::new(self.compat.rewrite(*s)))
+                let mut s = self.compat.rewrite(*s);
+                sql::pg_rewrite::rewrite(&mut s);
+                DFStatement::Statement(Box::new(s))
             }
             DFStatement::Explain(mut e) => {
                 e.statement = Box::new(self.prepare(*e.statement)?);

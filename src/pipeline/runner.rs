@@ -40,6 +40,8 @@ use crate::table::scan::PartitionRange;
 /// Messages read per round, at most, spread over the partitions that have some (a backfill proceeds in rounds of
 /// this size, so the windows each round closes, and the memory computing them takes, stay bounded).
 pub const ROUND_MESSAGES: i64 = 100_000;
+/// Rows (after expansion into their windows) one emitting query may aggregate.
+const EMIT_BUDGET: usize = 100_000;
 /// Pause between rounds that found nothing new.
 const IDLE: Duration = Duration::from_millis(100);
 /// The name the output table has in the pipeline's own session.
@@ -329,38 +331,41 @@ impl Pipeline {
         }
     }
 
-    /// Emit the windows ending in `(lo, hi]`, one window end at a time: each query then holds the groups of one
-    /// window end (per-group state such as count distinct's is not small), whatever span a backfill round covers.
+    /// Emit the windows ending in `(lo, hi]`, a few window ends per query: as many as keep the rows the query
+    /// expands into windows under [`EMIT_BUDGET`] (at least one window end). Per-group state is not small (count
+    /// distinct keeps a hash set per group), so a backfill round spanning hours must not become one query.
     async fn emit_windows(&self, w: Window, lo: Option<i64>, hi: i64) -> Result<u64> {
+        let mut times = Vec::new();
+        for b in &self.buffer {
+            times.extend(times_ns(b, w.time_index)?.iter().flatten());
+        }
+        times.sort_unstable();
+        let Some(&earliest) = times.first() else { return Ok(0) };
         let first = match lo {
             Some(lo) => lo.saturating_add(w.slide_ns),
-            None => match self.min_time(w)? {
-                Some(t) => w.first_end(t),
-                None => return Ok(0),
-            },
+            None => w.first_end(earliest),
         };
+        // rows with a time in [from, to)
+        let count = |from: i64, to: i64| times.partition_point(|t| *t < to) - times.partition_point(|t| *t < from);
+        let per_row = (w.size_ns / w.slide_ns) as usize;
         let mut written = 0;
-        let mut end = first;
-        while end <= hi {
-            // the rows of the windows ending at `end`: [end - size, end)
-            let from = end.saturating_sub(w.size_ns);
+        let mut start = first; // first window end of the chunk
+        while start <= hi {
+            let mut end = start;
+            while end < hi {
+                let next = end.saturating_add(w.slide_ns);
+                if count(start.saturating_sub(w.size_ns), next) * per_row > EMIT_BUDGET {
+                    break;
+                }
+                end = next;
+            }
+            // the rows of the windows ending in [start, end]: [start - size, end)
+            let from = start.saturating_sub(w.size_ns);
             let rows = self.filter_buffer(w, |t| t >= from && t < end)?;
-            written += self.emit(rows, Some((end - w.slide_ns, end))).await?;
-            end = end.saturating_add(w.slide_ns);
+            written += self.emit(rows, Some((start - w.slide_ns, end))).await?;
+            start = end.saturating_add(w.slide_ns);
         }
         Ok(written)
-    }
-
-    /// The earliest event time buffered.
-    fn min_time(&self, w: Window) -> Result<Option<i64>> {
-        let mut min = None;
-        for b in &self.buffer {
-            let times = times_ns(b, w.time_index)?;
-            if let Some(m) = datafusion::arrow::compute::min(&times) {
-                min = Some(min.map_or(m, |x: i64| x.min(m)));
-            }
-        }
-        Ok(min)
     }
 
     /// Drop rows that no window ending after `hi` needs.

@@ -4,6 +4,7 @@
 
 pub mod dialect;
 pub mod pg_functions;
+pub mod pg_rewrite;
 pub mod time_travel;
 
 use std::collections::VecDeque;

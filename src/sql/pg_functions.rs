@@ -1,6 +1,7 @@
 //! PostgreSQL functions that client catalog queries call and neither DataFusion nor datafusion-pg-catalog provide:
 //! `version()` worded as PostgreSQL's (clients parse the server version out of it), `to_regtype(text)`,
-//! `pg_get_serial_sequence(table, column)` (Kafka tables have no sequences) and `json_build_object(k, v, …)`.
+//! `pg_get_serial_sequence(table, column)` (Kafka tables have no sequences), `pg_collation_is_visible` and
+//! `json_build_object(k, v, …)`.
 
 use std::sync::Arc;
 
@@ -16,6 +17,8 @@ use datafusion::prelude::SessionContext;
 pub fn register(ctx: &SessionContext) {
     ctx.register_udf(version());
     ctx.register_udf(pg_get_serial_sequence());
+    ctx.register_udf(pg_collation_is_visible());
+    ctx.register_udf(like_escape());
     ctx.register_udf(to_regtype());
     ctx.register_udf(ScalarUDF::new_from_impl(JsonBuildObject::new()));
 }
@@ -42,6 +45,52 @@ fn pg_get_serial_sequence() -> ScalarUDF {
         DataType::Utf8,
         Volatility::Stable,
         Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))),
+    )
+}
+
+/// The function [`super::pg_rewrite`] calls for `LIKE p ESCAPE 'c'` when `p` is not a literal.
+pub const LIKE_ESCAPE: &str = "kfsql_like_escape";
+
+/// `kfsql_like_escape(pattern, c)`: a LIKE pattern escaped with `c`, escaped with backslashes instead.
+fn like_escape() -> ScalarUDF {
+    create_udf(
+        LIKE_ESCAPE,
+        vec![DataType::Utf8, DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let patterns = datafusion::arrow::compute::cast(&arrays[0], &DataType::Utf8)?;
+            let escapes = datafusion::arrow::compute::cast(&arrays[1], &DataType::Utf8)?;
+            let (patterns, escapes) = (
+                datafusion::arrow::array::AsArray::as_string::<i32>(&patterns),
+                datafusion::arrow::array::AsArray::as_string::<i32>(&escapes),
+            );
+            let mut out = StringBuilder::with_capacity(patterns.len(), 64);
+            for (p, e) in patterns.iter().zip(escapes.iter()) {
+                match (p, e.and_then(|e| e.chars().next())) {
+                    (Some(p), Some(e)) => out.append_value(super::pg_rewrite::with_backslash_escapes(p, e)),
+                    (p, _) => out.append_option(p),
+                }
+            }
+            let array: ArrayRef = Arc::new(out.finish());
+            Ok(if args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
+                ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?)
+            } else {
+                ColumnarValue::Array(array)
+            })
+        }),
+    )
+}
+
+/// Collations: kfsql has only the default one, on every search path.
+fn pg_collation_is_visible() -> ScalarUDF {
+    create_udf(
+        "pg_collation_is_visible",
+        vec![DataType::Int32],
+        DataType::Boolean,
+        Volatility::Stable,
+        Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))),
     )
 }
 
@@ -184,9 +233,13 @@ fn json_value(array: &ArrayRef, row: usize) -> Result<serde_json::Value> {
         ScalarValue::UInt16(Some(v)) => v.into(),
         ScalarValue::UInt32(Some(v)) => v.into(),
         ScalarValue::UInt64(Some(v)) => v.into(),
-        ScalarValue::Float32(Some(v)) => serde_json::Number::from_f64(v as f64).map(Value::Number).unwrap_or(Value::Null),
+        ScalarValue::Float32(Some(v)) => {
+            serde_json::Number::from_f64(v as f64).map(Value::Number).unwrap_or(Value::Null)
+        }
         ScalarValue::Float64(Some(v)) => serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null),
-        ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => Value::String(s),
+        ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => {
+            Value::String(s)
+        }
         other => Value::String(other.to_string()),
     })
 }

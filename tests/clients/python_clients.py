@@ -1,0 +1,102 @@
+"""Python clients against a running kfsql serving the fraud demo: psycopg 3 (text and binary parameters and
+results), psycopg2, SQLAlchemy 2 reflection (both drivers) and pandas. Run by scripts/test.sh:
+
+    python3 tests/clients/python_clients.py 'host=127.0.0.1 port=5433 user=kfsql dbname=kfsql' 5000
+
+Each check prints one line; the exit status is the number of failures.
+"""
+
+import datetime
+import sys
+import warnings
+
+import pandas as pd
+import psycopg
+import psycopg2
+import sqlalchemy as sa
+
+warnings.filterwarnings("ignore")
+dsn, expected = sys.argv[1], int(sys.argv[2])
+params = dict(kv.split("=", 1) for kv in dsn.split())
+url = f"{params['user']}@{params['host']}:{params['port']}/{params['dbname']}"
+failures = 0
+
+
+def check(what, got, want):
+    global failures
+    if got == want:
+        print(f"python check ok: {what}")
+    else:
+        failures += 1
+        print(f"python check FAILED: {what}: got {got!r}, want {want!r}")
+
+
+def run(what, fn, want):
+    try:
+        check(what, fn(), want)
+    except Exception as e:  # a failing client call is a failed check, reported with its error
+        global failures
+        failures += 1
+        print(f"python check FAILED: {what}: {type(e).__name__}: {e}")
+
+
+def psycopg3_text():
+    with psycopg.connect(dsn) as c:
+        n = c.execute("SELECT count(*) FROM transactions").fetchone()[0]
+        rows = c.execute(
+            "SELECT txn_id, amount, event_time FROM transactions WHERE user_id = %s ORDER BY event_time", ["u42"]
+        ).fetchall()
+        ok = all(isinstance(r[1], float) and isinstance(r[2], datetime.datetime) for r in rows)
+        return n, len(rows) > 0, ok
+
+
+def psycopg3_binary():
+    with psycopg.connect(dsn) as c:
+        text = c.execute("SELECT txn_id, amount FROM transactions WHERE amount > %s ORDER BY txn_id", [100.5]).fetchall()
+        cur = c.cursor(binary=True)
+        binary = cur.execute("SELECT txn_id, amount FROM transactions WHERE amount > %s ORDER BY txn_id", [100.5]).fetchall()
+        return text == binary and len(text) > 0
+
+
+def psycopg3_transaction():
+    # psycopg wraps work in BEGIN / SAVEPOINT / ROLLBACK TO SAVEPOINT / RELEASE
+    with psycopg.connect(dsn) as c:
+        with c.transaction():
+            with c.transaction():
+                one = c.execute("SELECT 1").fetchone()[0]
+        return one, c.info.transaction_status.name
+
+
+def psycopg2_query():
+    c = psycopg2.connect(dsn)
+    cur = c.cursor()
+    cur.execute("SELECT count(*) FROM transactions WHERE user_id = %s AND amount >= %s", ("u42", 0))
+    n = cur.fetchone()[0]
+    cur.execute("SELECT count(*) FROM transactions")
+    total = cur.fetchone()[0]
+    c.close()
+    return n > 0, total
+
+
+engines = {
+    "psycopg": sa.create_engine(f"postgresql+psycopg://{url}"),
+    "psycopg2": sa.create_engine(f"postgresql+psycopg2://{url}"),
+}
+tables = ["labels", "transactions", "user_daily_spend", "user_txn_features"]
+
+run("psycopg 3: count, text parameters, typed results", psycopg3_text, (expected, True, True))
+run("psycopg 3: binary parameters and results equal text ones", psycopg3_binary, True)
+run("psycopg 3: nested transactions (savepoints)", psycopg3_transaction, (1, "IDLE"))
+run("psycopg2: client-side parameters", psycopg2_query, (True, expected))
+for driver, engine in engines.items():
+    run(f"SQLAlchemy ({driver}): get_table_names lists each Kafka table once",
+        lambda: sorted(sa.inspect(engine).get_table_names()), tables)
+    run(f"SQLAlchemy ({driver}): get_table_names(schema='latest') lists the online views",
+        lambda: sorted(sa.inspect(engine).get_table_names(schema="latest")), ["transactions", "user_txn_features"])
+    run(f"SQLAlchemy ({driver}): get_schema_names",
+        lambda: [s for s in sa.inspect(engine).get_schema_names() if s in ("public", "latest", "kfsql")],
+        ["kfsql", "latest", "public"])
+    run(f"pandas read_sql ({driver})",
+        lambda: pd.read_sql("SELECT user_id, count(*) AS n, avg(amount) AS a FROM transactions GROUP BY user_id",
+                            engine)["n"].sum(), expected)
+sys.exit(failures)

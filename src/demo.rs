@@ -53,17 +53,23 @@ pub struct Generator {
     home: Vec<&'static str>,
     compromised: Vec<bool>,
     active_fraud: bool,
+    id_prefix: String,
     next_id: u64,
 }
 
 impl Generator {
-    /// `users` users; deterministic per seed.
+    /// `users` users; deterministic per seed. Transaction ids are `t0`, `t1`, …
     pub fn new(users: usize, seed: u64) -> Self {
+        Self::with_ids(users, seed, "t")
+    }
+
+    /// The same, with transaction ids `<prefix>0`, `<prefix>1`, …
+    pub fn with_ids(users: usize, seed: u64, id_prefix: &str) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let users = users.max(1);
         let home = (0..users).map(|_| COUNTRIES[rng.random_range(0..COUNTRIES.len())]).collect();
         let compromised = (0..users).map(|_| rng.random_bool(0.02)).collect();
-        Self { rng, home, compromised, active_fraud: false, next_id: 0 }
+        Self { rng, home, compromised, active_fraud: false, id_prefix: id_prefix.to_string(), next_id: 0 }
     }
 
     /// From now on, compromised users' cards are used by fraudsters.
@@ -84,7 +90,7 @@ impl Generator {
         let id = self.next_id;
         self.next_id += 1;
         Transaction {
-            txn_id: format!("t{id}"),
+            txn_id: format!("{}{id}", self.id_prefix),
             user_id: format!("u{u}"),
             amount: (amount * 100.0f64).round() / 100.0,
             merchant: format!("m{}", rng.random_range(0..500)),
@@ -116,7 +122,9 @@ pub fn generate(n: usize, users: usize, span: Duration, end: DateTime<Utc>, seed
 /// Produce a live stream: `rate` transactions per second, timed now, and their labels, until `count` were sent
 /// (forever with None). Users' cards get compromised after the first minute.
 pub async fn stream(producer: &FutureProducer, users: usize, rate: f64, count: Option<u64>) -> Result<u64> {
-    let mut g = Generator::new(users, rand::random());
+    // ids of their own, so that they never collide with the demo's or another stream's
+    let seed: u64 = rand::random();
+    let mut g = Generator::with_ids(users, seed, &format!("t{:x}-", seed >> 40));
     let started = std::time::Instant::now();
     let tick = Duration::from_millis(100);
     let mut sent = 0u64;

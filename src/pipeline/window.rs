@@ -165,31 +165,48 @@ impl RelationPlanner for WindowRelationPlanner {
         let time = Expr::Column(datafusion::common::Column::from(time_field));
         let interval = |n: i64| lit(ScalarValue::new_interval_mdn(0, 0, n));
         let columns: Vec<Expr> = source.schema().columns().into_iter().map(Expr::Column).collect();
-        let binned = date_bin().call(vec![interval(slide_ns), time.clone()]);
-        let mut builder = LogicalPlanBuilder::from(source).filter(time.is_not_null())?;
-        let start = if size_ns == slide_ns {
-            binned
-        } else {
-            // one row per window the event falls in: starts at bin, bin - slide, …, bin - (size - slide)
-            let offsets: Vec<Vec<Expr>> = (0..size_ns / slide_ns).map(|i| vec![interval(i * slide_ns)]).collect();
-            let offsets =
-                LogicalPlanBuilder::values(offsets)?.project(vec![col("column1").alias(HOP_OFFSET)])?.build()?;
-            builder = LogicalPlanBuilder::from(offsets).cross_join(builder.build()?)?;
-            binned - col(HOP_OFFSET)
+        let bound = |v: i64| {
+            Expr::Cast(Cast::new(Box::new(lit(ScalarValue::TimestampNanosecond(Some(v), None))), time_type.clone()))
         };
-        let end = start.clone() + interval(size_ns);
-        let mut projection = columns;
-        projection.push(start.alias(WINDOW_START));
-        projection.push(end.alias(WINDOW_END));
-        let mut builder = builder.project(projection)?;
         let emit = *self.emit.read().unwrap_or_else(|p| p.into_inner());
-        if let Some((lo, hi)) = emit {
-            let bound = |v: i64| {
-                Expr::Cast(Cast::new(Box::new(lit(ScalarValue::TimestampNanosecond(Some(v), None))), time_type.clone()))
-            };
-            let end = col(WINDOW_END);
-            builder = builder.filter(end.clone().gt(bound(lo)).and(end.lt_eq(bound(hi))))?;
-        }
+        let builder = match emit {
+            // one window end E: exactly the events in [E - size, E), each in that one window (no expansion)
+            Some((lo, hi)) if hi.checked_sub(lo) == Some(slide_ns) && hi.rem_euclid(slide_ns) == 0 => {
+                let from = hi.saturating_sub(size_ns);
+                let mut projection = columns;
+                projection.push(bound(from).alias(WINDOW_START));
+                projection.push(bound(hi).alias(WINDOW_END));
+                LogicalPlanBuilder::from(source)
+                    .filter(time.clone().gt_eq(bound(from)).and(time.lt(bound(hi))))?
+                    .project(projection)?
+            }
+            _ => {
+                let binned = date_bin().call(vec![interval(slide_ns), time.clone()]);
+                let mut builder = LogicalPlanBuilder::from(source).filter(time.is_not_null())?;
+                let start = if size_ns == slide_ns {
+                    binned
+                } else {
+                    // one row per window the event falls in: starts at bin, bin - slide, …, bin - (size - slide)
+                    let offsets: Vec<Vec<Expr>> =
+                        (0..size_ns / slide_ns).map(|i| vec![interval(i * slide_ns)]).collect();
+                    let offsets = LogicalPlanBuilder::values(offsets)?
+                        .project(vec![col("column1").alias(HOP_OFFSET)])?
+                        .build()?;
+                    builder = LogicalPlanBuilder::from(offsets).cross_join(builder.build()?)?;
+                    binned - col(HOP_OFFSET)
+                };
+                let end = start.clone() + interval(size_ns);
+                let mut projection = columns;
+                projection.push(start.alias(WINDOW_START));
+                projection.push(end.alias(WINDOW_END));
+                let mut builder = builder.project(projection)?;
+                if let Some((lo, hi)) = emit {
+                    let end = col(WINDOW_END);
+                    builder = builder.filter(end.clone().gt(bound(lo)).and(end.lt_eq(bound(hi))))?;
+                }
+                builder
+            }
+        };
         *self.last.write().unwrap_or_else(|p| p.into_inner()) =
             Some(WindowFn { table, time_column, size_ns, slide_ns });
         let plan = builder.build()?;

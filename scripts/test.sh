@@ -94,7 +94,11 @@ check 'the fraud example queries run' 'misrouted' -e -f sql/fraud/queries.sql
 check 'the feature pipelines run' 'user_txn_features|running|0' -At -c 'SELECT name, state, input_lag FROM kfsql.pipelines'
 check 'SHOW MATERIALIZED VIEWS' 'user_daily_spend' -c 'SHOW MATERIALIZED VIEWS'
 check 'online features from a pipeline' 't' -At -c 'SELECT count(*) > 0 FROM latest.user_txn_features'
-check 'the training set joins labels to features as of their time' 'COPY 5000' -e -f sql/fraud/training_set.sql
+# (not quiet: the COPY's command tag carries the row count)
+got=$(psql -X -h 127.0.0.1 -p "$PG_PORT" -U kfsql -d kfsql -v ON_ERROR_STOP=1 -f sql/fraud/training_set.sql 2>&1) &&
+  grep -qF '(10 rows)' <<<"$got" && grep -qx 'COPY 5000' <<<"$got" ||
+  { echo "psql check FAILED: the training set joins labels to features as of their time: $got"; exit 1; }
+echo "psql check ok: the training set joins labels to features as of their time (COPY 5000)"
 echo "psql: 14 passed, 0 failed"
 log "Python clients against the same server"
 python3 tests/clients/python_clients.py "host=127.0.0.1 port=$PG_PORT user=kfsql dbname=kfsql" 5000

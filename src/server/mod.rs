@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod coalesce;
+mod copy_out;
 mod error;
 pub mod session;
 
@@ -205,6 +206,18 @@ impl Handlers {
         if let Some(cmd) = session::classify(&stmt) {
             return Ok(self.session_command(client.metadata_mut(), cmd, format));
         }
+        if let DFStatement::Statement(s) = &stmt
+            && let Some(copy) = copy_out::CopyOut::recognise(s)
+        {
+            let copy = copy.map_err(|m| to_pg(KfsqlError::Unsupported(m)))?;
+            let query = DFStatement::Statement(Box::new(SqlStatement::Query(copy.query.clone())));
+            return match self.engine.execute(query).await.map_err(to_pg)? {
+                Output::Rows(rows) => copy.response(rows),
+                Output::Command { .. } => {
+                    Err(to_pg(KfsqlError::Unsupported("COPY of a statement that returns no rows".into())))
+                }
+            };
+        }
         let user = client.metadata().get(pgwire::api::METADATA_USER).cloned();
         if self.security.is_read_only(user.as_deref()) && writes(&stmt) {
             return Err(to_pg(KfsqlError::PermissionDenied(format!(
@@ -376,6 +389,7 @@ fn rows_response<C: ClientInfo>(
 }
 
 /// Whether a statement changes something: DDL, INSERT, COPY to a file (EXPLAIN ANALYZE runs its statement).
+/// `COPY (query) TO STDOUT` is answered before this is asked: it only reads.
 fn writes(stmt: &DFStatement) -> bool {
     match stmt {
         DFStatement::Statement(s) if matches!(s.as_ref(), SqlStatement::Explain { analyze: false, .. }) => false,

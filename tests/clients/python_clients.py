@@ -1,5 +1,5 @@
 """Python clients against a running kfsql serving the fraud demo: psycopg 3 (text and binary parameters and
-results), psycopg2, SQLAlchemy 2 reflection (both drivers) and pandas. Run by scripts/test.sh:
+results, COPY TO STDOUT), psycopg2, SQLAlchemy 2 reflection (both drivers) and pandas. Run by scripts/test.sh:
 
     python3 tests/clients/python_clients.py 'host=127.0.0.1 port=5433 user=kfsql dbname=kfsql' 5000
 
@@ -67,6 +67,19 @@ def psycopg3_transaction():
         return one, c.info.transaction_status.name
 
 
+def psycopg3_copy_out():
+    sql = "SELECT txn_id, amount FROM transactions WHERE user_id = 'u42' ORDER BY txn_id"
+    with psycopg.connect(dsn) as c:
+        want = [(t, float(a)) for t, a in c.execute(sql).fetchall()]
+        cur = c.cursor()
+        with cur.copy(f"COPY ({sql}) TO STDOUT") as copy:
+            copy.set_types(["text", "float8"])
+            got = list(copy.rows())
+        with cur.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
+            csv = b"".join(bytes(b) for b in copy).decode()
+        return got == want and len(got) > 0, csv.splitlines()[0], len(csv.splitlines()) == len(want) + 1
+
+
 def psycopg2_query():
     c = psycopg2.connect(dsn)
     cur = c.cursor()
@@ -87,6 +100,7 @@ tables = ["labels", "transactions", "user_daily_spend", "user_txn_features"]
 run("psycopg 3: count, text parameters, typed results", psycopg3_text, (expected, True, True))
 run("psycopg 3: binary parameters and results equal text ones", psycopg3_binary, True)
 run("psycopg 3: nested transactions (savepoints)", psycopg3_transaction, (1, "IDLE"))
+run("psycopg 3: COPY (query) TO STDOUT, text and CSV with header", psycopg3_copy_out, (True, "txn_id,amount", True))
 run("psycopg2: client-side parameters", psycopg2_query, (True, expected))
 for driver, engine in engines.items():
     run(f"SQLAlchemy ({driver}): get_table_names lists each Kafka table once",

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, TimestampNanosecondArray};
 use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Int32Type, Int64Type, TimeUnit, TimestampNanosecondType};
 use datafusion::datasource::{MemTable, TableProvider};
@@ -84,11 +84,17 @@ struct Pipeline {
     /// Greatest event time read per partition.
     max_time: BTreeMap<i32, i64>,
     /// Rows of windows not yet emitted.
-    buffer: Vec<RecordBatch>,
+    buffer: Vec<Buffered>,
     /// Commits the checkpoint's resume offsets to the consumer group `kfsql-pipeline-<name>`, so Kafka's own tools
     /// (`kafka-consumer-groups --describe`) show the pipeline's position and lag.
     group: Option<Arc<crate::kafka::KfsqlConsumer>>,
     topic: String,
+}
+
+/// Buffered source rows with their event times as nanoseconds (computed once, when read).
+struct Buffered {
+    rows: RecordBatch,
+    times: TimestampNanosecondArray,
 }
 
 async fn attempt(
@@ -247,7 +253,7 @@ impl Pipeline {
             }
         };
         status.rows_out.fetch_add(written, Relaxed);
-        let checkpoint = self.checkpoint()?;
+        let checkpoint = self.checkpoint();
         store.save(&self.name, &checkpoint).await?;
         status.checkpoints.fetch_add(1, Relaxed);
         status.checkpointed_at.store(crate::latest::view::now_ns(), Relaxed);
@@ -283,6 +289,7 @@ impl Pipeline {
         let offsets = batch.column(self.payload_columns + 1).as_primitive::<Int64Type>();
         let mut keep = Vec::with_capacity(batch.num_rows());
         let mut late = 0u64;
+        let emitted = self.emitted_until.unwrap_or(i64::MIN);
         for i in 0..batch.num_rows() {
             if times.is_null(i) {
                 keep.push(false); // in no window
@@ -292,7 +299,6 @@ impl Pipeline {
             let m = self.max_time.entry(p).or_insert(t);
             *m = (*m).max(t);
             let replay = self.replay_until.get(&p).is_some_and(|&r| o < r);
-            let emitted = self.emitted_until.unwrap_or(i64::MIN);
             if w.last_end(t) <= emitted {
                 keep.push(false);
                 late += u64::from(!replay);
@@ -308,8 +314,8 @@ impl Pipeline {
                 self.name
             );
         }
-        let kept = filter_record_batch(&batch, &BooleanArray::from(keep)).map_err(arrow_err)?;
-        if kept.num_rows() > 0 {
+        let kept = Buffered::filter(&batch, &times, &BooleanArray::from(keep))?;
+        if kept.rows.num_rows() > 0 {
             self.buffer.push(kept);
         }
         Ok(())
@@ -335,10 +341,7 @@ impl Pipeline {
     /// expands into windows under [`EMIT_BUDGET`] (at least one window end). Per-group state is not small (count
     /// distinct keeps a hash set per group), so a backfill round spanning hours must not become one query.
     async fn emit_windows(&self, w: Window, lo: Option<i64>, hi: i64) -> Result<u64> {
-        let mut times = Vec::new();
-        for b in &self.buffer {
-            times.extend(times_ns(b, w.time_index)?.iter().flatten());
-        }
+        let mut times: Vec<i64> = self.buffer.iter().flat_map(|b| b.times.values().iter().copied()).collect();
         times.sort_unstable();
         let Some(&earliest) = times.first() else { return Ok(0) };
         let first = match lo {
@@ -361,7 +364,7 @@ impl Pipeline {
             }
             // the rows of the windows ending in [start, end]: [start - size, end)
             let from = start.saturating_sub(w.size_ns);
-            let rows = self.filter_buffer(w, |t| t >= from && t < end)?;
+            let rows = self.filter_buffer(|t| t >= from && t < end)?.into_iter().map(|b| b.rows).collect();
             written += self.emit(rows, Some((start - w.slide_ns, end))).await?;
             start = end.saturating_add(w.slide_ns);
         }
@@ -371,17 +374,17 @@ impl Pipeline {
     /// Drop rows that no window ending after `hi` needs.
     fn evict(&mut self, w: Window, hi: i64) -> Result<()> {
         let floor = hi.saturating_add(w.slide_ns).saturating_sub(w.size_ns);
-        self.buffer = self.filter_buffer(w, |t| t >= floor)?;
+        self.buffer = self.filter_buffer(|t| t >= floor)?;
         Ok(())
     }
 
-    fn filter_buffer(&self, w: Window, keep: impl Fn(i64) -> bool) -> Result<Vec<RecordBatch>> {
+    /// The buffered rows whose event time passes `keep`.
+    fn filter_buffer(&self, keep: impl Fn(i64) -> bool) -> Result<Vec<Buffered>> {
         let mut out = Vec::with_capacity(self.buffer.len());
         for b in &self.buffer {
-            let times = times_ns(b, w.time_index)?;
-            let mask: BooleanArray = times.iter().map(|t| Some(t.is_some_and(&keep))).collect();
-            let kept = filter_record_batch(b, &mask).map_err(arrow_err)?;
-            if kept.num_rows() > 0 {
+            let mask: BooleanArray = b.times.values().iter().map(|t| Some(keep(*t))).collect();
+            let kept = Buffered::filter(&b.rows, &b.times, &mask)?;
+            if kept.rows.num_rows() > 0 {
                 out.push(kept);
             }
         }
@@ -406,9 +409,9 @@ impl Pipeline {
     }
 
     /// Where a restart resumes: per partition the oldest buffered offset, else the next unread one.
-    fn checkpoint(&self) -> Result<Checkpoint> {
+    fn checkpoint(&self) -> Checkpoint {
         let mut resume = self.position.clone();
-        for b in &self.buffer {
+        for Buffered { rows: b, .. } in &self.buffer {
             let parts = b.column(self.payload_columns).as_primitive::<Int32Type>();
             let offsets = b.column(self.payload_columns + 1).as_primitive::<Int64Type>();
             for i in 0..b.num_rows() {
@@ -416,7 +419,16 @@ impl Pipeline {
                 *r = (*r).min(offsets.value(i));
             }
         }
-        Ok(Checkpoint { version: 1, resume, read: self.position.clone(), emitted_until: self.emitted_until })
+        Checkpoint { version: 1, resume, read: self.position.clone(), emitted_until: self.emitted_until }
+    }
+}
+
+impl Buffered {
+    /// The rows (and their times) that `mask` keeps.
+    fn filter(rows: &RecordBatch, times: &TimestampNanosecondArray, mask: &BooleanArray) -> Result<Buffered> {
+        let rows = filter_record_batch(rows, mask).map_err(arrow_err)?;
+        let times = datafusion::arrow::compute::filter(times, mask).map_err(arrow_err)?;
+        Ok(Buffered { rows, times: times.as_primitive::<TimestampNanosecondType>().clone() })
     }
 }
 
@@ -426,10 +438,7 @@ fn as_kafka(t: &Arc<dyn TableProvider>) -> Result<&KafkaTable> {
 }
 
 /// A time column as nanoseconds since the epoch.
-fn times_ns(
-    batch: &RecordBatch,
-    index: usize,
-) -> Result<datafusion::arrow::array::PrimitiveArray<TimestampNanosecondType>> {
+fn times_ns(batch: &RecordBatch, index: usize) -> Result<TimestampNanosecondArray> {
     let ns = cast(batch.column(index), &DataType::Timestamp(TimeUnit::Nanosecond, None)).map_err(arrow_err)?;
     Ok(ns.as_primitive::<TimestampNanosecondType>().clone())
 }

@@ -570,6 +570,18 @@ impl EngineInner {
         df.collect().await.map_err(KfsqlError::from_datafusion)
     }
 
+    /// Whether a CREATE of relation `name` goes ahead: false when it exists and IF NOT EXISTS makes that a no-op,
+    /// an error when it exists and neither OR REPLACE nor IF NOT EXISTS was given.
+    fn may_create(&self, name: &str, or_replace: bool, if_not_exists: bool) -> Result<bool> {
+        let exists = self.defs.read().unwrap_or_else(|p| p.into_inner()).contains_key(name)
+            || self.ctx.table_exist(public(name))?;
+        match (exists && !or_replace, if_not_exists) {
+            (false, _) => Ok(true),
+            (true, true) => Ok(false),
+            (true, false) => Err(KfsqlError::DuplicateTable(format!("relation \"{name}\" already exists"))),
+        }
+    }
+
     async fn create_kafka_table(&self, cmd: &datafusion::logical_expr::CreateExternalTable) -> Result<Output> {
         let tag = Output::Command { tag: "CREATE EXTERNAL TABLE".into(), rows: None };
         if let Some(schema) = cmd.name.schema()
@@ -578,13 +590,8 @@ impl EngineInner {
             return Err(KfsqlError::InvalidParameter(format!("Kafka tables live in schema 'public', not '{schema}'")));
         }
         let name = cmd.name.table().to_string();
-        let exists = self.defs.read().unwrap_or_else(|p| p.into_inner()).contains_key(&name)
-            || self.ctx.table_exist(public(&name))?;
-        if exists && !cmd.or_replace {
-            if cmd.if_not_exists {
-                return Ok(tag);
-            }
-            return Err(KfsqlError::DuplicateTable(format!("relation \"{name}\" already exists")));
+        if !self.may_create(&name, cmd.or_replace, cmd.if_not_exists)? {
+            return Ok(tag);
         }
         // Validate everything (options, columns, topic) before anything is written.
         let table = self.factory.create_from_command(cmd).await?;
@@ -600,13 +607,8 @@ impl EngineInner {
         use datafusion::sql::sqlparser::ast::{CreateTableOptions, SqlOption};
         let tag = Output::Command { tag: "CREATE MATERIALIZED VIEW".into(), rows: None };
         let name = view.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.clone()).unwrap_or_default();
-        let exists = self.defs.read().unwrap_or_else(|p| p.into_inner()).contains_key(&name)
-            || self.ctx.table_exist(public(&name))?;
-        if exists && !view.or_replace {
-            if view.if_not_exists {
-                return Ok(tag);
-            }
-            return Err(KfsqlError::DuplicateTable(format!("relation \"{name}\" already exists")));
+        if !self.may_create(&name, view.or_replace, view.if_not_exists)? {
+            return Ok(tag);
         }
         let mut options = BTreeMap::new();
         let given = match &view.options {
@@ -653,7 +655,7 @@ impl EngineInner {
 
     async fn drop_materialized_views(&self, names: Vec<String>, if_exists: bool) -> Result<Output> {
         for full in names {
-            let name = full.rsplit('.').next().unwrap_or(&full).trim_matches('"').to_string();
+            let name = bare_name(&full);
             let is_view =
                 self.defs.read().unwrap_or_else(|p| p.into_inner()).get(&name).is_some_and(|d| d.pipeline.is_some());
             if is_view {
@@ -670,7 +672,7 @@ impl EngineInner {
 
     async fn drop_tables(&self, names: Vec<String>, if_exists: bool) -> Result<Output> {
         for full in names {
-            let name = full.rsplit('.').next().unwrap_or(&full).trim_matches('"').to_string();
+            let name = bare_name(&full);
             let is_kafka = self.defs.read().unwrap_or_else(|p| p.into_inner()).contains_key(&name);
             if is_kafka {
                 self.catalog.delete(&name).await?;
@@ -714,6 +716,11 @@ fn export_path(dir: &Path, target: &str) -> Result<PathBuf> {
 }
 
 /// A statement with nothing kfsql-specific in it: a query or session statement without time travel.
+/// `schema.name` or `"name"` as the bare name the catalog keys tables by.
+fn bare_name(full: &str) -> String {
+    full.rsplit('.').next().unwrap_or(full).trim_matches('"').to_string()
+}
+
 fn is_plain_postgres(stmt: &DFStatement) -> bool {
     let DFStatement::Statement(s) = stmt else { return false };
     if !matches!(s.as_ref(), SqlStatement::Query(_) | SqlStatement::ShowVariable { .. } | SqlStatement::Set(_)) {

@@ -19,6 +19,7 @@ pub mod server;
 pub mod sql;
 pub mod system;
 pub mod table;
+pub mod wait;
 
 pub use engine::{Engine, EngineConfig, Output};
 pub use error::{KfsqlError, Result};

@@ -81,30 +81,14 @@ impl LatestViews {
         Ok(())
     }
 
-    /// Wait until every view has finished its initial load; false if `timeout` passed first.
-    pub async fn wait_ready(&self, timeout: std::time::Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while !self.all().iter().all(|v| v.ready.load(Ordering::Acquire)) {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        true
-    }
-
-    /// Wait until every view has applied everything its topic held when this was called (the broker confirmed it
-    /// is at the end since then); false on timeout.
+    /// Wait until every view is ready and has applied everything its topic held when this was called (the broker
+    /// confirmed it is at the end since then); false on timeout.
     pub async fn wait_caught_up(&self, timeout: std::time::Duration) -> bool {
         let since = view::now_ns();
-        let deadline = tokio::time::Instant::now() + timeout;
-        while !self.all().iter().all(|v| v.fresh.caught_up_ns.load(Ordering::Acquire) >= since) {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        true
+        let caught_up = |v: &Arc<LatestView>| {
+            v.ready.load(Ordering::Acquire) && v.fresh.caught_up_ns.load(Ordering::Acquire) >= since
+        };
+        crate::wait::until(timeout, || self.all().iter().all(caught_up)).await
     }
 
     /// Stop following `name` and remove `latest.<name>`.

@@ -150,17 +150,10 @@ impl Pipelines {
 
     /// Wait until every pipeline has read its source to the end and runs live; false on timeout.
     pub async fn wait_caught_up(&self, timeout: std::time::Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let all = self.statuses();
-            if all.iter().all(|s| s.state() == "running" && s.input_lag.load(Ordering::Relaxed) == 0) {
-                return true;
-            }
-            if std::time::Instant::now() > deadline {
-                return false;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        crate::wait::until(timeout, || {
+            self.statuses().iter().all(|s| s.state() == "running" && s.input_lag.load(Ordering::Relaxed) == 0)
+        })
+        .await
     }
 
     pub fn statuses(&self) -> Vec<Arc<PipelineStatus>> {

@@ -92,11 +92,8 @@ pub fn source_table(query: &Query) -> Result<String> {
     let name = match args {
         None => name.clone(),
         Some(args) => match args.args.first() {
-            Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::Identifier(i)))) => {
-                datafusion::sql::sqlparser::ast::ObjectName::from(vec![i.clone()])
-            }
-            Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::CompoundIdentifier(p)))) => {
-                datafusion::sql::sqlparser::ast::ObjectName::from(p.clone())
+            Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) => {
+                super::window::table_name(e).ok_or_else(|| unsupported(&format!("table function {name}")))?
             }
             _ => return Err(unsupported(&format!("table function {name}"))),
         },

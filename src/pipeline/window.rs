@@ -108,6 +108,16 @@ fn window_call(relation: &TableFactor) -> Option<(bool, &[FunctionArg])> {
     }
 }
 
+/// The table a window function's first argument names.
+pub fn table_name(arg: &datafusion::sql::sqlparser::ast::Expr) -> Option<ObjectName> {
+    use datafusion::sql::sqlparser::ast::Expr as SqlExpr;
+    match arg {
+        SqlExpr::Identifier(i) => Some(ObjectName::from(vec![i.clone()])),
+        SqlExpr::CompoundIdentifier(parts) => Some(ObjectName::from(parts.clone())),
+        _ => None,
+    }
+}
+
 impl RelationPlanner for WindowRelationPlanner {
     fn plan_relation(&self, relation: TableFactor, ctx: &mut dyn RelationPlannerContext) -> Result<RelationPlanning> {
         let Some((hop, args)) = window_call(&relation) else {
@@ -132,10 +142,8 @@ impl RelationPlanner for WindowRelationPlanner {
             (true, [t, c, slide, size]) => (*t, *c, vec![*slide, *size]),
             _ => return plan_err!("{fname} takes {usage}"),
         };
-        let table = match table {
-            datafusion::sql::sqlparser::ast::Expr::Identifier(i) => ObjectName::from(vec![i.clone()]),
-            datafusion::sql::sqlparser::ast::Expr::CompoundIdentifier(parts) => ObjectName::from(parts.clone()),
-            other => return plan_err!("{fname}: the first argument must be a table name, not {other}"),
+        let Some(table) = table_name(table) else {
+            return plan_err!("{fname}: the first argument must be a table name, not {table}");
         };
         let time_column = match time {
             datafusion::sql::sqlparser::ast::Expr::Identifier(i) => ctx.normalize_ident(i.clone()),

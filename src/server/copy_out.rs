@@ -71,24 +71,22 @@ impl CopyOut {
         let schema = rows.schema();
         let fields = Arc::new(arrow_schema_to_pg_fields(&schema, &Format::UnifiedText, None)?);
         let columns = fields.len();
+        let delimiter = |default| self.delimiter.map(|d| d.to_string().into()).unwrap_or(default);
+        let null = |default| self.null.as_deref().map(Into::into).unwrap_or(default);
         let mut encoder = if self.csv {
-            let mut o = CopyCsvOptions::default();
-            if let Some(d) = self.delimiter {
-                o.delimiter = d.to_string().into();
-            }
-            if let Some(n) = &self.null {
-                o.null_string = n.as_str().into();
-            }
+            let d = CopyCsvOptions::default();
+            let o = CopyCsvOptions {
+                delimiter: delimiter(d.delimiter.clone()),
+                null_string: null(d.null_string.clone()),
+                ..d
+            };
             CopyEncoder::new_csv(fields.clone(), o)
         } else {
-            let mut o = CopyTextOptions::default();
-            if let Some(d) = self.delimiter {
-                o.delimiter = d.to_string().into();
-            }
-            if let Some(n) = &self.null {
-                o.null_string = n.as_str().into();
-            }
-            CopyEncoder::new_text(fields.clone(), o)
+            let d = CopyTextOptions::default();
+            CopyEncoder::new_text(
+                fields.clone(),
+                CopyTextOptions { delimiter: delimiter(d.delimiter), null_string: null(d.null_string) },
+            )
         };
         let header = (self.csv && self.header).then(|| {
             let d = self.delimiter.unwrap_or(',').to_string();

@@ -22,7 +22,6 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{ObjectType, Statement as SqlStatement};
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
-use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use futures::{Stream, StreamExt, TryStreamExt};
 
 use crate::catalog::{CatalogChange, CatalogStore};
@@ -88,7 +87,10 @@ pub struct EngineInner {
     catalog: CatalogStore,
     config: EngineConfig,
     defs: RwLock<BTreeMap<String, TableDefinition>>,
-    compat: PostgresCompatibilityParser,
+    /// datafusion-pg-catalog's statement rewrites kfsql applies (see [`sql::pg_rewrite::compat_rules`]).
+    compat: Vec<Arc<dyn datafusion_pg_catalog::sql::rules::SqlStatementRewriteRule>>,
+    /// The pg_catalog relations that hold no rows, for [`sql::pg_rewrite::rewrite_with`].
+    empty_relations: std::collections::HashSet<String>,
     latest: Arc<crate::latest::LatestViews>,
     pipelines: Arc<crate::pipeline::Pipelines>,
     /// This engine, for the pipelines it starts.
@@ -118,6 +120,14 @@ impl Engine {
         let ctx = SessionContext::new_with_state(state);
         datafusion_pg_catalog::setup_pg_catalog(&ctx, &config.database, EmptyContextProvider)
             .map_err(|e| KfsqlError::Internal(format!("setting up pg_catalog: {e}")))?;
+        let mut empty_relations = std::collections::HashSet::new();
+        if let Some(db) = ctx.catalog(&config.database)
+            && let Some(pg) = db.schema("pg_catalog")
+        {
+            let pg = Arc::new(sql::pg_catalog::PgCatalog::new(pg));
+            empty_relations = pg.empty_relations().await;
+            db.register_schema("pg_catalog", pg)?;
+        }
         sql::pg_functions::register(&ctx);
         ctx.register_relation_planner(Arc::new(crate::asof::AsofRelationPlanner))?;
         let catalog = CatalogStore::new(cluster.clone(), &config.catalog_topic);
@@ -147,7 +157,8 @@ impl Engine {
                 catalog,
                 config,
                 defs: RwLock::new(BTreeMap::new()),
-                compat: PostgresCompatibilityParser::new(),
+                compat: sql::pg_rewrite::compat_rules(),
+                empty_relations,
                 latest,
                 pipelines,
                 me: weak.clone(),
@@ -194,26 +205,11 @@ impl Engine {
         self.inner.definitions()
     }
 
-    /// Parse SQL text into statements. kfsql's own statements (CREATE EXTERNAL TABLE, COPY, EXPLAIN, time travel)
-    /// come from kfsql's dialect; plain Postgres statements (client catalog queries above all) go through the
-    /// Postgres-compatibility parser of datafusion-pg-catalog, which rewrites Postgres-isms DataFusion lacks.
+    /// Parse SQL text into statements with kfsql's dialect (Postgres, plus CREATE EXTERNAL TABLE, COPY, EXPLAIN and
+    /// time travel). The rewrites that give Postgres meaning to what DataFusion reads differently happen when a
+    /// statement is prepared for planning.
     pub fn parse(&self, sql_text: &str) -> Result<Vec<DFStatement>> {
-        let ours = match sql::parse(sql_text) {
-            Ok(stmts) => stmts.into_iter().collect::<Vec<_>>(),
-            Err(first) => {
-                return match self.inner.compat.parse(sql_text) {
-                    Ok(stmts) => Ok(stmts.into_iter().map(|s| DFStatement::Statement(Box::new(s))).collect()),
-                    Err(_) => Err(first),
-                };
-            }
-        };
-        if ours.iter().all(is_plain_postgres)
-            && let Ok(compat) = self.inner.compat.parse(sql_text)
-            && compat.len() == ours.len()
-        {
-            return Ok(compat.into_iter().map(|s| DFStatement::Statement(Box::new(s))).collect());
-        }
-        Ok(ours)
+        Ok(sql::parse(sql_text)?.into_iter().collect())
     }
 
     /// Run every statement of `sql_text`, collecting the rows of each.
@@ -460,8 +456,9 @@ impl EngineInner {
                 self.name_insert_columns(&mut s);
                 sql::time_travel::rewrite(&mut s)?;
                 crate::asof::rewrite(&mut s);
-                let mut s = self.compat.rewrite(*s);
-                sql::pg_rewrite::rewrite(&mut s);
+                sql::pg_rewrite::rewrite_before_compat(&mut s);
+                let mut s = self.compat.iter().fold(*s, |s, rule| rule.rewrite(s));
+                sql::pg_rewrite::rewrite_with(&mut s, &self.empty_relations);
                 DFStatement::Statement(Box::new(s))
             }
             DFStatement::Explain(mut e) => {
@@ -719,15 +716,6 @@ fn export_path(dir: &Path, target: &str) -> Result<PathBuf> {
 /// `schema.name` or `"name"` as the bare name the catalog keys tables by.
 fn bare_name(full: &str) -> String {
     full.rsplit('.').next().unwrap_or(full).trim_matches('"').to_string()
-}
-
-fn is_plain_postgres(stmt: &DFStatement) -> bool {
-    let DFStatement::Statement(s) = stmt else { return false };
-    if !matches!(s.as_ref(), SqlStatement::Query(_) | SqlStatement::ShowVariable { .. } | SqlStatement::Set(_)) {
-        return false;
-    }
-    let mut probe = s.as_ref().clone();
-    matches!(sql::time_travel::rewrite(&mut probe), Ok(false))
 }
 
 fn public(name: &str) -> TableReference {

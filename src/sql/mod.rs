@@ -3,6 +3,7 @@
 //! ([`pg_functions`]).
 
 pub mod dialect;
+pub mod pg_catalog;
 pub mod pg_functions;
 pub mod pg_rewrite;
 pub mod time_travel;

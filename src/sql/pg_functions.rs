@@ -1,12 +1,19 @@
 //! PostgreSQL functions that client catalog queries call and neither DataFusion nor datafusion-pg-catalog provide:
 //! `version()` worded as PostgreSQL's (clients parse the server version out of it), `to_regtype(text)`,
-//! `pg_get_serial_sequence(table, column)` (Kafka tables have no sequences), `pg_collation_is_visible` and
-//! `json_build_object(k, v, …)`.
+//! `pg_get_serial_sequence(table, column)` (Kafka tables have no sequences), `pg_collation_is_visible`,
+//! `pg_function_is_visible`, `json_build_object(k, v, …)`, `kfsql_expandarray` (pgjdbc's
+//! `information_schema._pg_expandarray`, see [`super::pg_rewrite`]) and the definition functions
+//! `pg_get_constraintdef` / `pg_get_indexdef` / `pg_get_triggerdef`, which take any argument types PostgreSQL
+//! accepts (clients pass untyped parameters) and answer NULL: kfsql relations have no constraints, indexes or
+//! triggers, and PostgreSQL answers NULL for an OID that is none.
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, Int32Builder, StringBuilder};
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int32Array, Int32Builder, ListArray, ListBuilder, StringBuilder,
+    StructArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Fields};
 use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, create_udf,
@@ -21,6 +28,241 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udf(like_escape());
     ctx.register_udf(to_regtype());
     ctx.register_udf(ScalarUDF::new_from_impl(JsonBuildObject::new()));
+    ctx.register_udf(ScalarUDF::new_from_impl(ExpandArray::new()));
+    ctx.register_udf(subscripts());
+    ctx.register_udf(current_setting());
+    for name in [
+        "pg_get_constraintdef",
+        "pg_get_indexdef",
+        "pg_get_triggerdef",
+        "pg_get_function_result",
+        "pg_get_function_arguments",
+    ] {
+        ctx.register_udf(ScalarUDF::new_from_impl(NoDefinition::new(name)));
+    }
+    ctx.register_udf(pg_size_pretty());
+    ctx.register_udf(create_udf(
+        "pg_type_is_visible",
+        vec![DataType::Int32],
+        DataType::Boolean,
+        Volatility::Stable,
+        // every type lives in pg_catalog, which is always on the search path
+        Arc::new(|args: &[ColumnarValue]| {
+            let oids = ColumnarValue::values_to_arrays(args)?;
+            let visible: BooleanArray = (0..oids[0].len()).map(|i| oids[0].is_valid(i).then_some(true)).collect();
+            Ok(ColumnarValue::Array(Arc::new(visible)))
+        }),
+    ));
+    ctx.register_udf(create_udf(
+        "pg_function_is_visible",
+        vec![DataType::Int32],
+        DataType::Boolean,
+        Volatility::Stable,
+        // every function lives in pg_catalog, which is always on the search path
+        Arc::new(|args: &[ColumnarValue]| {
+            let oids = ColumnarValue::values_to_arrays(args)?;
+            let visible: BooleanArray = (0..oids[0].len()).map(|i| oids[0].is_valid(i).then_some(true)).collect();
+            Ok(ColumnarValue::Array(Arc::new(visible)))
+        }),
+    ));
+}
+
+/// `pg_size_pretty(bytes)`, PostgreSQL's rounding: bytes below 10 kB, then kB, MB, GB, TB, halving rounded up.
+fn pg_size_pretty() -> ScalarUDF {
+    create_udf(
+        "pg_size_pretty",
+        vec![DataType::Int64],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let sizes = ColumnarValue::values_to_arrays(args)?;
+            let sizes = datafusion::arrow::compute::cast(&sizes[0], &DataType::Int64)?;
+            let sizes = sizes.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            let mut out = StringBuilder::new();
+            for size in sizes.iter() {
+                out.append_option(size.map(size_pretty));
+            }
+            Ok(ColumnarValue::Array(Arc::new(out.finish())))
+        }),
+    )
+}
+
+pub fn size_pretty(bytes: i64) -> String {
+    let mut size = bytes;
+    for unit in ["bytes", "kB", "MB", "GB", "TB"] {
+        if size.abs() < 10 * 1024 || unit == "TB" {
+            return format!("{size} {unit}");
+        }
+        // the next unit, rounded half up
+        size = (size / 512 + if size < 0 { -1 } else { 1 }) / 2;
+    }
+    format!("{size} PB")
+}
+
+/// A `pg_get_*def` function for objects kfsql does not have: NULL for any argument list.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct NoDefinition {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl NoDefinition {
+    fn new(name: &'static str) -> Self {
+        Self { name, signature: Signature::variadic_any(Volatility::Stable) }
+    }
+}
+
+impl ScalarUDFImpl for NoDefinition {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
+    }
+}
+
+/// The function [`super::pg_rewrite`] puts under `unnest(…)` for `generate_subscripts(a, 1)`.
+pub const SUBSCRIPTS: &str = "kfsql_subscripts";
+
+/// `kfsql_subscripts(a)`: `[1, 2, …, cardinality(a)]`, NULL for NULL.
+fn subscripts() -> ScalarUDF {
+    let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
+    create_udf(
+        SUBSCRIPTS,
+        vec![list(DataType::Int16)],
+        list(DataType::Int32),
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let Some(list) = arrays[0].as_list_opt::<i32>() else {
+                return exec_err!("generate_subscripts expects an array");
+            };
+            let mut out = ListBuilder::new(Int32Builder::new());
+            for row in 0..list.len() {
+                if list.is_null(row) {
+                    out.append(false);
+                } else {
+                    out.values().append_slice(&(1..=list.value_length(row)).collect::<Vec<i32>>());
+                    out.append(true);
+                }
+            }
+            Ok(ColumnarValue::Array(Arc::new(out.finish())))
+        }),
+    )
+}
+
+/// `current_setting(name)`: the server settings clients ask for, with PostgreSQL 15's values; an unknown name is
+/// an error, as in PostgreSQL.
+fn current_setting() -> ScalarUDF {
+    create_udf(
+        "current_setting",
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let names = ColumnarValue::values_to_arrays(args)?;
+            let names = datafusion::arrow::compute::cast(&names[0], &DataType::Utf8)?;
+            let mut out = StringBuilder::new();
+            for name in names.as_string::<i32>().iter() {
+                match name.map(|n| setting(&n.to_ascii_lowercase())) {
+                    Some(Some(value)) => out.append_value(value),
+                    Some(None) => {
+                        return exec_err!("unrecognized configuration parameter \"{}\"", name.unwrap_or_default());
+                    }
+                    None => out.append_null(),
+                }
+            }
+            Ok(ColumnarValue::Array(Arc::new(out.finish())))
+        }),
+    )
+}
+
+/// The value of a server setting, as PostgreSQL 15 reports it by default.
+pub fn setting(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "server_version" => "15.0",
+        "server_version_num" => "150000",
+        "server_encoding" | "client_encoding" => "UTF8",
+        "standard_conforming_strings" | "integer_datetimes" => "on",
+        "default_table_access_method" => "heap",
+        "search_path" => "\"$user\", public",
+        "datestyle" => "ISO, MDY",
+        "timezone" => "UTC",
+        "intervalstyle" => "postgres",
+        "transaction_isolation" | "default_transaction_isolation" => "read committed",
+        "transaction_read_only" | "default_transaction_read_only" => "off",
+        "max_index_keys" => "32",
+        "max_identifier_length" => "63",
+        "lc_collate" | "lc_ctype" => "C.UTF-8",
+        "block_size" => "8192",
+        "is_superuser" => "on",
+        _ => return None,
+    })
+}
+
+/// The function [`super::pg_rewrite`] puts under `unnest(…)` for `information_schema._pg_expandarray(a)`.
+pub const EXPAND_ARRAY: &str = "kfsql_expandarray";
+
+/// `kfsql_expandarray(a)`: the array of records `(x, n)`, each element with its 1-based position.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ExpandArray {
+    signature: Signature,
+}
+
+impl ExpandArray {
+    fn new() -> Self {
+        Self { signature: Signature::any(1, Volatility::Immutable) }
+    }
+
+    fn record(element: &DataType) -> Fields {
+        Fields::from(vec![Field::new("x", element.clone(), true), Field::new("n", DataType::Int32, false)])
+    }
+}
+
+impl ScalarUDFImpl for ExpandArray {
+    fn name(&self) -> &str {
+        EXPAND_ARRAY
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        match args.first() {
+            Some(DataType::List(f)) => {
+                Ok(DataType::List(Arc::new(Field::new("item", DataType::Struct(Self::record(f.data_type())), true))))
+            }
+            other => exec_err!("_pg_expandarray expects an array, got {other:?}"),
+        }
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let Some(list) = arrays[0].as_list_opt::<i32>() else {
+            return exec_err!("_pg_expandarray expects an array");
+        };
+        let offsets = list.offsets();
+        let mut positions = vec![0i32; list.values().len()];
+        for row in 0..list.len() {
+            let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
+            for (i, p) in positions[start..end].iter_mut().enumerate() {
+                *p = i as i32 + 1;
+            }
+        }
+        let fields = Self::record(list.values().data_type());
+        let records = StructArray::try_new(
+            fields.clone(),
+            vec![list.values().clone(), Arc::new(Int32Array::from(positions))],
+            None,
+        )?;
+        let field = Arc::new(Field::new("item", DataType::Struct(fields), true));
+        let out = ListArray::try_new(field, offsets.clone(), Arc::new(records), list.nulls().cloned())?;
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
 }
 
 fn version() -> ScalarUDF {
@@ -259,5 +501,11 @@ mod tests {
         assert!(text.contains("| true "), "{text}");
         assert!(text.contains("| 20 "), "{text}");
         assert!(text.contains(r#"{"a":1,"b":"x","c":null,"d":true}"#), "{text}");
+        assert_eq!(
+            [1000, 10240, 10485760, 5 << 30].map(size_pretty),
+            ["1000 bytes", "10 kB", "10 MB", "5120 MB"].map(String::from)
+        );
+        assert_eq!(setting("server_version_num"), Some("150000"));
+        assert_eq!(setting("no_such_setting"), None);
     }
 }

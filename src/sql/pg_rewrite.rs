@@ -4,34 +4,171 @@
 //!   is visible when its schema is on the search path (kfsql's is `public`; `latest` and `kfsql` are reached
 //!   qualified), so `\dt`, SQLAlchemy and JDBC list each table once;
 //! - `x LIKE p ESCAPE 'c'` with an escape character other than backslash → the same pattern escaped with
-//!   backslashes, which DataFusion supports (converted here for a literal, by `kfsql_like_escape` for a parameter).
+//!   backslashes, which DataFusion supports (converted here for a literal, by `kfsql_like_escape` for a parameter);
+//! - scalar subqueries, made plannable by DataFusion's decorrelation without changing their answer
+//!   ([`subqueries`]): conjuncts that test only the outer row move out into a `CASE WHEN`, and a correlated
+//!   subquery over catalog relations is aggregated with `first_value` (a catalog lookup by key finds at most one row);
+//! - `ARRAY(SELECT e FROM …)` → `(SELECT array_agg(e ORDER BY …) FROM …)`;
+//! - `information_schema._pg_expandarray(a)` (pgjdbc) → `unnest(kfsql_expandarray(a))`, the `(x, n)` records, and
+//!   `generate_subscripts(a, 1)` → `unnest(kfsql_subscripts(a))`; `(record).field` → `get_field(record, 'field')`;
+//! - `array = '{0}'`: the literal in PostgreSQL's array text form becomes an array;
+//! - a SELECT that inner-joins a catalog relation holding no rows (kfsql has no publications, policies, triggers…)
+//!   has no rows: the correlated subqueries in its SELECT list are never evaluated, so they become NULL rather than
+//!   stop the planning;
+//! - `'[schema.]name'::regproc` → `'name'`, the text form catalog columns such as `pg_type.typinput` hold
+//!   ([`rewrite_before_compat`], run before datafusion-pg-catalog's rules turn it into an OID).
 
+mod subqueries;
+
+use std::collections::HashSet;
 use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use datafusion_pg_catalog::sql::rules::{
+    AliasDuplicatedProjectionRewrite, CurrentUserVariableToSessionUserFunctionCall, FixArrayLiteral,
+    FixVersionColumnName, PrependUnqualifiedPgTableName, ResolveUnqualifiedIdentifier, RewriteArrayAnyAllOperation,
+    RewritePgCatalogOperator, RewriteRegCastToSubquery, SqlStatementRewriteRule, StripCallableQualifier, StripCollate,
+};
 
 use datafusion::sql::sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Statement, Value, ValueWithSpan, VisitMut, VisitorMut,
+    AccessExpr, BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, Query, SelectItem,
+    SetExpr, Statement, Value, ValueWithSpan, VisitMut, VisitorMut,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
 /// Apply every rewrite to `stmt`.
 pub fn rewrite(stmt: &mut Statement) {
-    let _ = stmt.visit(&mut Rewriter);
+    rewrite_with(stmt, &HashSet::new());
 }
 
-struct Rewriter;
+/// Apply every rewrite to `stmt`, knowing which catalog relations hold no rows (see [`crate::sql::pg_catalog`]).
+pub fn rewrite_with(stmt: &mut Statement, empty_relations: &HashSet<String>) {
+    let _ = stmt.visit(&mut Rewriter { scopes: Vec::new(), empty_relations });
+}
+
+/// datafusion-pg-catalog's rewrite rules, all but two of what its `PostgresCompatibilityParser` applies: its
+/// blacklist (whole client queries matched token by token and swapped for others) is left out, as is
+/// `RemoveSubqueryFromProjection`, which answers NULL for every correlated subquery in a SELECT list; kfsql makes
+/// those subqueries plannable instead ([`subqueries`]).
+pub fn compat_rules() -> Vec<Arc<dyn SqlStatementRewriteRule>> {
+    vec![
+        Arc::new(AliasDuplicatedProjectionRewrite),
+        Arc::new(ResolveUnqualifiedIdentifier),
+        Arc::new(RewriteArrayAnyAllOperation),
+        Arc::new(PrependUnqualifiedPgTableName),
+        Arc::new(StripCallableQualifier),
+        Arc::new(FixArrayLiteral),
+        Arc::new(CurrentUserVariableToSessionUserFunctionCall),
+        Arc::new(StripCollate),
+        Arc::new(RewritePgCatalogOperator),
+        Arc::new(RewriteRegCastToSubquery::new()),
+        Arc::new(FixVersionColumnName),
+    ]
+}
+
+/// The rewrites that must see the statement before datafusion-pg-catalog's rules.
+pub fn rewrite_before_compat(stmt: &mut Statement) {
+    let _ = stmt.visit(&mut RegprocLiterals);
+}
+
+struct RegprocLiterals;
+
+impl VisitorMut for RegprocLiterals {
+    type Break = ();
+
+    fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if let Expr::Cast { expr: inner, data_type, .. } = expr
+            && data_type.to_string().to_ascii_lowercase().trim_start_matches("pg_catalog.") == "regproc"
+            && let Expr::Value(ValueWithSpan { value: Value::SingleQuotedString(name), .. }) = inner.as_ref()
+        {
+            let bare = name.rsplit('.').next().unwrap_or(name).trim_matches('"').to_string();
+            *expr = Expr::value(Value::SingleQuotedString(bare));
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Walks a statement; `scopes` holds the relations of each query being visited, innermost last.
+struct Rewriter<'a> {
+    scopes: Vec<subqueries::Scope>,
+    empty_relations: &'a HashSet<String>,
+}
 
 const VISIBLE_OIDS: &str = "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n \
                             ON n.oid = c.relnamespace WHERE n.nspname IN ('public', 'pg_catalog')";
 
-impl VisitorMut for Rewriter {
+impl VisitorMut for Rewriter<'_> {
     type Break = ();
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        distinct_output_names(&mut query.body);
+        subqueries::over_no_rows(query, self.empty_relations);
+        self.scopes.push(subqueries::scope_of(query));
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_query(&mut self, _query: &mut Query) -> ControlFlow<()> {
+        self.scopes.pop();
+        ControlFlow::Continue(())
+    }
 
     fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
         match expr {
+            Expr::Subquery(_) => subqueries::decorrelatable(expr, self.scopes.last()),
+            // `array_column = '{0}'`: an array literal in PostgreSQL's text form, compared with an array
+            Expr::BinaryOp { left, op: BinaryOperator::Eq | BinaryOperator::NotEq, right } => {
+                for side in [left, right] {
+                    if let Expr::Value(ValueWithSpan { value: Value::SingleQuotedString(text), .. }) = side.as_ref()
+                        && let Some(array) = array_literal(text)
+                    {
+                        **side = array;
+                    }
+                }
+            }
+            Expr::Function(f) if subqueries::is_array_constructor(f) => {
+                subqueries::array_constructor(expr, self.scopes.last())
+            }
+            Expr::Function(f)
+                if matches!(function_name(f).as_deref(), Some("_pg_expandarray" | "generate_subscripts")) =>
+            {
+                let FunctionArguments::List(list) = &f.args else { return ControlFlow::Continue(()) };
+                let (function, arg) = match (function_name(f).as_deref(), list.args.as_slice()) {
+                    (Some("_pg_expandarray"), [FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))]) => {
+                        (super::pg_functions::EXPAND_ARRAY, arg)
+                    }
+                    // generate_subscripts(a, 1): the subscripts of a one-dimensional array
+                    (Some("generate_subscripts"), [FunctionArg::Unnamed(FunctionArgExpr::Expr(arg)), _]) => {
+                        (super::pg_functions::SUBSCRIPTS, arg)
+                    }
+                    _ => return ControlFlow::Continue(()),
+                };
+                if let Some(call) = parse_expr(&format!("unnest({function}({arg}))")) {
+                    *expr = call;
+                }
+            }
+            // `(record).field` → get_field(record, 'field')
+            Expr::CompoundFieldAccess { root, access_chain }
+                if matches!(root.as_ref(), Expr::Nested(_))
+                    && matches!(access_chain.first(), Some(AccessExpr::Dot(Expr::Identifier(_)))) =>
+            {
+                let (Expr::Nested(record), AccessExpr::Dot(Expr::Identifier(field))) =
+                    (root.as_ref(), access_chain.remove(0))
+                else {
+                    return ControlFlow::Continue(());
+                };
+                let Some(get) = parse_expr(&format!("get_field({record}, '{}')", field.value.replace('\'', "''")))
+                else {
+                    return ControlFlow::Continue(());
+                };
+                *expr = if access_chain.is_empty() {
+                    get
+                } else {
+                    Expr::CompoundFieldAccess { root: Box::new(get), access_chain: std::mem::take(access_chain) }
+                };
+            }
             Expr::Function(f) => {
-                let name = f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_ascii_lowercase());
-                if name.as_deref() != Some("pg_table_is_visible") {
+                if function_name(f).as_deref() != Some("pg_table_is_visible") {
                     return ControlFlow::Continue(());
                 }
                 let FunctionArguments::List(list) = &f.args else { return ControlFlow::Continue(()) };
@@ -84,6 +221,60 @@ impl VisitorMut for Rewriter {
         }
         ControlFlow::Continue(())
     }
+}
+
+/// PostgreSQL lets a SELECT list repeat an output name (`SELECT NULL, NULL`); DataFusion needs them distinct, so a
+/// repeated unaliased expression is named `?column?2`, `?column?3`, ….
+fn distinct_output_names(body: &mut SetExpr) {
+    match body {
+        SetExpr::Select(select) => {
+            let mut seen = std::collections::HashSet::new();
+            for item in &mut select.projection {
+                match item {
+                    SelectItem::UnnamedExpr(e) if !matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) => {
+                        let name = e.to_string();
+                        if !seen.insert(name) {
+                            let alias = (2..).map(|n| format!("?column?{n}")).find(|a| seen.insert(a.clone()));
+                            if let Some(alias) = alias {
+                                *item =
+                                    SelectItem::ExprWithAlias { expr: e.clone(), alias: Ident::with_quote('"', alias) };
+                            }
+                        }
+                    }
+                    SelectItem::ExprWithAlias { alias, .. } => {
+                        seen.insert(alias.value.clone());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        SetExpr::SetOperation { left, right, .. } => {
+            distinct_output_names(left);
+            distinct_output_names(right);
+        }
+        _ => {}
+    }
+}
+
+/// `'{1,2}'` → `[1, 2]`, `'{a,b}'` → `['a', 'b']`; None for any other text.
+fn array_literal(text: &str) -> Option<Expr> {
+    let inner = text.strip_prefix('{')?.strip_suffix('}')?;
+    let items: Vec<&str> = inner.split(',').map(str::trim).filter(|i| !i.is_empty()).collect();
+    let numeric = items.iter().all(|i| i.parse::<i64>().is_ok());
+    let values = items
+        .iter()
+        .map(|i| if numeric { i.to_string() } else { format!("'{}'", i.trim_matches('"').replace('\'', "''")) })
+        .collect::<Vec<_>>()
+        .join(", ");
+    parse_expr(&format!("make_array({values})"))
+}
+
+fn function_name(f: &datafusion::sql::sqlparser::ast::Function) -> Option<String> {
+    f.name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.to_ascii_lowercase())
+}
+
+fn parse_expr(sql: &str) -> Option<Expr> {
+    Parser::new(&PostgreSqlDialect {}).try_with_sql(sql).and_then(|mut p| p.parse_expr()).ok()
 }
 
 /// A LIKE pattern escaped with `esc`, escaped with backslashes instead.

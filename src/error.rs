@@ -40,6 +40,12 @@ pub enum KfsqlError {
     /// The client is not allowed to do this (42501).
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// FETCH or CLOSE of a cursor the connection has not declared (34000).
+    #[error("cursor \"{0}\" does not exist")]
+    UnknownCursor(String),
+    /// DECLARE of a cursor name the connection already uses (42P03).
+    #[error("cursor \"{0}\" already exists")]
+    DuplicateCursor(String),
     /// Anything the query engine raised (shown without DataFusion's "Error during planning:"-style prefixes).
     #[error("{}", df_message(.0))]
     DataFusion(#[from] DataFusionError),
@@ -54,6 +60,8 @@ impl KfsqlError {
     pub fn sqlstate(&self) -> &'static str {
         match self {
             KfsqlError::Syntax(_) => "42601",
+            KfsqlError::UnknownCursor(_) => "34000",
+            KfsqlError::DuplicateCursor(_) => "42P03",
             KfsqlError::UndefinedTable(_) => "42P01",
             KfsqlError::UndefinedColumn(_) => "42703",
             KfsqlError::DuplicateTable(_) => "42P07",

@@ -6,6 +6,7 @@
 pub mod auth;
 mod coalesce;
 mod copy_out;
+mod cursor;
 mod error;
 pub mod session;
 
@@ -65,6 +66,7 @@ pub struct Handlers {
     connections: Arc<ConnectionManager>,
     cancel: Arc<DefaultCancelHandler>,
     security: auth::Security,
+    cursors: Arc<cursor::Cursors>,
 }
 
 impl Handlers {
@@ -76,6 +78,7 @@ impl Handlers {
             cancel: Arc::new(DefaultCancelHandler::new(connections.clone())),
             connections,
             security,
+            cursors: Arc::new(cursor::Cursors::default()),
         }
     }
 
@@ -87,7 +90,7 @@ impl Handlers {
                 let mut scram = ScramAuth::new(Arc::new(auth::UserAuthSource(users.clone())));
                 scram.set_iterations(auth::ITERATIONS);
                 Startup::Scram(
-                    SASLAuthStartupHandler::new(Arc::new(DefaultServerParameterProvider::default()))
+                    SASLAuthStartupHandler::new(Arc::new(server_parameters()))
                         .with_scram(scram)
                         .with_connection_manager(self.connections.clone()),
                 )
@@ -101,10 +104,42 @@ pub struct Trust {
     connections: Arc<ConnectionManager>,
 }
 
+#[async_trait]
 impl NoopStartupHandler for Trust {
     fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
         Some(self.connections.clone())
     }
+
+    /// pgwire's trusted startup reports its own server version; clients keep the last value reported, so kfsql's
+    /// (the version whose catalog it answers, see [`server_parameters`]) follows it before ReadyForQuery.
+    async fn post_startup<C>(&self, client: &mut C, _message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        use futures::SinkExt;
+        let version = server_parameters().server_version;
+        client
+            .feed(PgWireBackendMessage::ParameterStatus(pgwire::messages::startup::ParameterStatus::new(
+                "server_version".into(),
+                version,
+            )))
+            .await?;
+        Ok(())
+    }
+}
+
+/// The parameters reported at startup: pgwire's, with kfsql's server version (PostgreSQL 15's catalog and
+/// behaviour, as `SHOW server_version` and `version()` say).
+fn server_parameters() -> DefaultServerParameterProvider {
+    let mut p = DefaultServerParameterProvider::default();
+    p.server_version = session::DEFAULTS
+        .iter()
+        .find(|(k, _)| *k == "server_version")
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_else(|| "15.0".into());
+    p
 }
 
 /// How connections start: trusted, or SCRAM-SHA-256 passwords.
@@ -204,7 +239,50 @@ impl Handlers {
         C: ClientInfo + Send + Sync,
     {
         if let Some(cmd) = session::classify(&stmt) {
+            if matches!(cmd, SessionCommand::Commit | SessionCommand::Rollback) {
+                self.cursors.end_transaction(client.socket_addr());
+            }
             return Ok(self.session_command(client.metadata_mut(), cmd, format));
+        }
+        if let DFStatement::Statement(s) = &stmt {
+            match s.as_ref() {
+                SqlStatement::Declare { .. } => {
+                    let Some((name, hold, query)) = cursor::declared(s) else {
+                        return Err(to_pg(KfsqlError::Unsupported("DECLARE other than a cursor for a query".into())));
+                    };
+                    let plan = match plan {
+                        Some(plan) => plan,
+                        None => self
+                            .engine
+                            .plan(DFStatement::Statement(Box::new(SqlStatement::Query(query))))
+                            .await
+                            .map_err(to_pg)?,
+                    };
+                    let Output::Rows(rows) = self.engine.execute_plan(plan).await.map_err(to_pg)? else {
+                        return Err(to_pg(KfsqlError::Unsupported("a cursor over a statement without rows".into())));
+                    };
+                    self.cursors.declare(client.socket_addr(), &name, rows, hold).map_err(to_pg)?;
+                    return Ok(Response::Execution(Tag::new("DECLARE CURSOR")));
+                }
+                SqlStatement::Fetch { name, direction, .. } => {
+                    let count = cursor::fetch_count(direction).map_err(to_pg)?;
+                    let (schema, batches) =
+                        self.cursors.fetch(client.socket_addr(), &name.value, count).await.map_err(to_pg)?;
+                    let rows = RecordBatchStreamAdapter::new(schema, stream::iter(batches.into_iter().map(Ok)));
+                    return match rows_response(client, Box::pin(rows), format)? {
+                        Response::Query(mut q) => {
+                            q.set_command_tag("FETCH");
+                            Ok(Response::Query(q))
+                        }
+                        other => Ok(other),
+                    };
+                }
+                SqlStatement::Close { cursor } => {
+                    self.cursors.close(client.socket_addr(), cursor).map_err(to_pg)?;
+                    return Ok(Response::Execution(Tag::new("CLOSE CURSOR")));
+                }
+                _ => {}
+            }
         }
         if let DFStatement::Statement(s) = &stmt
             && let Some(copy) = copy_out::CopyOut::recognise(s)
@@ -333,7 +411,17 @@ impl QueryParser for KfsqlParser {
             return Err(to_pg(KfsqlError::Syntax("cannot insert multiple commands into a prepared statement".into())));
         }
         let Some(stmt) = stmts.pop() else { return Ok(None) };
-        let plan = if is_query(&stmt) { Some(self.engine.plan(stmt.clone()).await.map_err(to_pg)?) } else { None };
+        let plan = if is_query(&stmt) {
+            Some(self.engine.plan(stmt.clone()).await.map_err(to_pg)?)
+        } else if let DFStatement::Statement(s) = &stmt
+            && let Some((_, _, query)) = cursor::declared(s)
+        {
+            // a cursor's query: planned now for its parameters, and for Describe of the cursor's portal
+            let query = DFStatement::Statement(Box::new(SqlStatement::Query(query)));
+            Some(self.engine.plan(query).await.map_err(to_pg)?)
+        } else {
+            None
+        };
         let lookup = plan.as_ref().and_then(crate::latest::lookup::Lookup::from_plan).map(Arc::new);
         let param_types = ordered_parameter_types(plan.as_ref())?;
         Ok(Some(Prepared { sql: sql.to_string(), statement: Some(stmt), plan, lookup, param_types }))
@@ -347,6 +435,9 @@ impl QueryParser for KfsqlParser {
     }
 
     fn get_result_schema(&self, stmt: &Prepared, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        if is_declare(stmt) {
+            return Ok(Vec::new());
+        }
         match &stmt.plan {
             Some(plan) => {
                 let default = Format::UnifiedText;
@@ -412,6 +503,10 @@ fn writes(stmt: &DFStatement) -> bool {
         DFStatement::Explain(e) => writes(&e.statement),
         _ => true, // CREATE EXTERNAL TABLE, COPY … TO, RESET …: writers only
     }
+}
+
+fn is_declare(stmt: &Prepared) -> bool {
+    matches!(&stmt.statement, Some(DFStatement::Statement(s)) if matches!(s.as_ref(), SqlStatement::Declare { .. }))
 }
 
 /// Whether a statement is a query to plan at Parse time (its result shape and parameters are known then).
@@ -502,6 +597,19 @@ impl ExtendedQueryHandler for Handlers {
             }
             None => None,
         };
-        self.run(client, stmt, plan, &portal.result_column_format).await
+        let response = self.run(client, stmt, plan, &portal.result_column_format).await?;
+        if is_declare(prepared)
+            && let Some(DFStatement::Statement(s)) = &prepared.statement
+            && let Some((name, _, query)) = cursor::declared(s)
+        {
+            // the cursor is a portal too: clients Describe it by name before they FETCH
+            let parse = pgwire::messages::extendedquery::Parse::new(Some(name.clone()), query.to_string(), Vec::new());
+            if let Some(stored) =
+                pgwire::api::stmt::StoredStatement::parse(client, &parse, self.parser.clone()).await?
+            {
+                client.portal_store().put_portal(Arc::new(Portal::new_cursor(name, Arc::new(stored))));
+            }
+        }
+        Ok(response)
     }
 }

@@ -41,6 +41,7 @@ pub fn register(ctx: &SessionContext) {
         ctx.register_udf(ScalarUDF::new_from_impl(NoDefinition::new(name)));
     }
     ctx.register_udf(pg_size_pretty());
+    ctx.register_udf(ScalarUDF::new_from_impl(RelationIsPublishable::new()));
     ctx.register_udf(create_udf(
         "pg_type_is_visible",
         vec![DataType::Int32],
@@ -97,6 +98,36 @@ pub fn size_pretty(bytes: i64) -> String {
         size = (size / 512 + if size < 0 { -1 } else { 1 }) / 2;
     }
     format!("{size} PB")
+}
+
+/// `pg_relation_is_publishable(relation)`: true for a table, whether the OID comes as a number or as text (psql
+/// passes a quoted literal, which PostgreSQL reads as `regclass`).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct RelationIsPublishable {
+    signature: Signature,
+}
+
+impl RelationIsPublishable {
+    fn new() -> Self {
+        Self { signature: Signature::any(1, Volatility::Stable) }
+    }
+}
+
+impl ScalarUDFImpl for RelationIsPublishable {
+    fn name(&self) -> &str {
+        "pg_relation_is_publishable"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let out: BooleanArray = (0..arrays[0].len()).map(|i| arrays[0].is_valid(i).then_some(true)).collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
 }
 
 /// A `pg_get_*def` function for objects kfsql does not have: NULL for any argument list.

@@ -45,6 +45,105 @@ pub fn rewrite(stmt: &mut Statement) {
 /// Apply every rewrite to `stmt`, knowing which catalog relations hold no rows (see [`crate::sql::pg_catalog`]).
 pub fn rewrite_with(stmt: &mut Statement, empty_relations: &HashSet<String>) {
     let _ = stmt.visit(&mut Rewriter { scopes: Vec::new(), empty_relations });
+    if let Statement::Query(q) = stmt {
+        postgres_output_names(&mut q.body);
+    }
+}
+
+/// The rewrites without [`postgres_output_names`], for tests of the others.
+#[cfg(test)]
+fn rewrite_keeping_names(stmt: &mut Statement) {
+    let _ = stmt.visit(&mut Rewriter { scopes: Vec::new(), empty_relations: &HashSet::new() });
+}
+
+/// The result columns a query returns carry PostgreSQL's names: an unaliased `count(*)` is `count`, `x::text` is
+/// `x`, `'a'::text` is `text`, `CASE …` is `case`, a literal or an operator is `?column?`. (DataFusion would name
+/// them after the whole expression.) Only names that stay distinct are given; only the statement's own SELECT.
+fn postgres_output_names(body: &mut SetExpr) {
+    let select = match body {
+        SetExpr::Select(select) => select,
+        SetExpr::SetOperation { left, .. } => return postgres_output_names(left),
+        _ => return,
+    };
+    let names: Vec<Option<String>> = select
+        .projection
+        .iter()
+        .map(|item| match item {
+            SelectItem::UnnamedExpr(e) if !matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) => {
+                Some(postgres_name(e).0)
+            }
+            _ => None,
+        })
+        .collect();
+    let taken: Vec<String> = select
+        .projection
+        .iter()
+        .filter_map(|item| match item {
+            SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.clone()),
+            SelectItem::UnnamedExpr(Expr::Identifier(i)) => Some(i.value.clone()),
+            SelectItem::UnnamedExpr(Expr::CompoundIdentifier(p)) => p.last().map(|i| i.value.clone()),
+            _ => None,
+        })
+        .collect();
+    for (item, name) in select.projection.iter_mut().zip(&names) {
+        let Some(name) = name else { continue };
+        let unique = names.iter().filter(|n| n.as_ref() == Some(name)).count() == 1 && !taken.contains(name);
+        if let SelectItem::UnnamedExpr(e) = item
+            && unique
+        {
+            *item = SelectItem::ExprWithAlias { expr: e.clone(), alias: Ident::with_quote('"', name.clone()) };
+        }
+    }
+}
+
+/// PostgreSQL's name for an output expression (its `FigureColname`), and whether it is a real name (a column or a
+/// function) rather than a fallback.
+fn postgres_name(e: &Expr) -> (String, bool) {
+    match e {
+        Expr::Identifier(i) => (i.value.clone(), true),
+        Expr::CompoundIdentifier(p) => (p.last().map(|i| i.value.clone()).unwrap_or_default(), true),
+        Expr::Nested(inner) => postgres_name(inner),
+        Expr::Function(f) => match function_name(f) {
+            Some(name) => (name, true),
+            None => ("?column?".into(), false),
+        },
+        Expr::Cast { expr, data_type, .. } => match postgres_name(expr) {
+            (name, true) => (name, true),
+            _ => (postgres_type_name(&data_type.to_string()), false),
+        },
+        Expr::Case { else_result: Some(r), .. } if postgres_name(r).1 => postgres_name(r),
+        Expr::Case { .. } => ("case".into(), false),
+        Expr::Array(_) => ("array".into(), false),
+        Expr::Exists { .. } => ("exists".into(), false),
+        Expr::Subquery(q) => match q.body.as_ref() {
+            SetExpr::Select(s) => match s.projection.first() {
+                Some(SelectItem::ExprWithAlias { alias, .. }) => (alias.value.clone(), true),
+                Some(SelectItem::UnnamedExpr(e)) => postgres_name(e),
+                _ => ("?column?".into(), false),
+            },
+            _ => ("?column?".into(), false),
+        },
+        _ => ("?column?".into(), false),
+    }
+}
+
+/// The name PostgreSQL gives a type in a cast's column name (`int4` for INTEGER, `text` for TEXT, …).
+fn postgres_type_name(sql_type: &str) -> String {
+    let t = sql_type.to_ascii_lowercase();
+    let t = t.trim_start_matches("pg_catalog.");
+    match t {
+        "int" | "integer" => "int4",
+        "bigint" => "int8",
+        "smallint" => "int2",
+        "real" => "float4",
+        "double precision" | "double" => "float8",
+        "boolean" => "bool",
+        "varchar" | "character varying" => "varchar",
+        "timestamp" | "timestamp without time zone" => "timestamp",
+        "timestamptz" | "timestamp with time zone" => "timestamptz",
+        other => other,
+    }
+    .to_string()
 }
 
 /// datafusion-pg-catalog's rewrite rules, all but two of what its `PostgresCompatibilityParser` applies: its
@@ -314,6 +413,17 @@ mod tests {
         let out = rewritten("SELECT relname FROM pg_catalog.pg_class c WHERE pg_catalog.pg_table_is_visible(c.oid)");
         assert!(out.contains("c.oid IN (SELECT c.oid FROM pg_catalog.pg_class"), "{out}");
         assert!(out.contains("'public', 'pg_catalog'"), "{out}");
+    }
+
+    #[test]
+    fn result_columns_carry_postgres_names() {
+        assert_eq!(
+            rewritten("SELECT count(*), 1, x::text, 'a'::text, CASE WHEN b THEN 1 END, t.c, max(y) AS m FROM t"),
+            "SELECT count(*) AS \"count\", 1 AS \"?column?\", x::TEXT AS \"x\", 'a'::TEXT AS \"text\", \
+             CASE WHEN b THEN 1 END AS \"case\", t.c, max(y) AS m FROM t"
+        );
+        // names that would repeat are left to DataFusion
+        assert_eq!(rewritten("SELECT count(a), count(b) FROM t"), "SELECT count(a), count(b) FROM t");
     }
 
     #[test]

@@ -465,7 +465,7 @@ mod tests {
 
     fn rewritten(sql: &str) -> String {
         let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap();
-        super::super::rewrite(&mut stmts[0]);
+        super::super::rewrite_keeping_names(&mut stmts[0]);
         stmts[0].to_string()
     }
 

@@ -3,7 +3,9 @@
 #   1. installs what is missing (the Tansu broker via cargo, the psql client via apt),
 #   2. builds once (debug) and runs unit tests and the integration suites against the in-process mock cluster,
 #   3. starts Tansu (SQLite engine) on a free port and runs the broker suites against it,
-#   4. drives the real `kfsql` binary with psql and the Python clients (psycopg 3, psycopg2, SQLAlchemy, pandas),
+#   4. drives the real `kfsql` binary with psql, pgjdbc (a Java program), node-pg, the Python clients (psycopg 3,
+#      psycopg2, SQLAlchemy, pandas), Spark over JDBC, and replays the captured client traffic of
+#      ../shared/pg-client-corpus (when present),
 #   5. stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,15 +19,22 @@ if ! command -v tansu >/dev/null 2>&1; then
   log "installing tansu 0.6.0 (one-time, ~20 min on 2 cores)"
   cargo install tansu --version 0.6.0 --locked --features libsql
 fi
-if ! command -v psql >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
-  log "installing the psql client and openssl"
+if ! command -v psql >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1 || ! command -v java >/dev/null 2>&1 ||
+  [ ! -f /usr/share/java/postgresql.jar ] || ! command -v npm >/dev/null 2>&1; then
+  log "installing psql, openssl, pgjdbc, Java and node"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq postgresql-client openssl >/dev/null
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq postgresql-client openssl libpostgresql-jdbc-java \
+    default-jdk-headless nodejs npm >/dev/null
 fi
 
-if ! python3 -c 'import psycopg, psycopg2, sqlalchemy, pandas' >/dev/null 2>&1; then
-  log "installing the Python clients (psycopg 3, psycopg2, SQLAlchemy 2, pandas)"
-  python3 -m pip install -q 'psycopg[binary]' psycopg2-binary 'sqlalchemy>=2' pandas
+if ! python3 -c 'import psycopg, psycopg2, sqlalchemy, pandas, pyspark' >/dev/null 2>&1; then
+  log "installing the Python clients (psycopg 3, psycopg2, SQLAlchemy 2, pandas, pyspark)"
+  python3 -m pip install -q 'psycopg[binary]' psycopg2-binary 'sqlalchemy>=2' pandas 'pyspark==4.3.0'
+fi
+NODE_DIR="$ROOT/target/node-clients"
+if [ ! -d "$NODE_DIR/node_modules/pg" ]; then
+  log "installing node-postgres"
+  mkdir -p "$NODE_DIR" && (cd "$NODE_DIR" && npm install --silent --no-audit --no-fund pg@8 >/dev/null)
 fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
@@ -82,6 +91,11 @@ check() { # $1 = description, $2 = expected substring, rest = psql args
 check '\dt lists the Kafka tables' 'transactions' -c '\dt'
 check '\d shows columns and types' 'timestamp without time zone' -c '\d transactions'
 check '\d shows metadata columns' '_offset' -c '\d transactions'
+check '\dn lists the schemas' 'latest' -c '\dn'
+check '\l lists the database' 'kfsql' -c '\l'
+check 'DECLARE / FETCH / CLOSE a cursor' 't1' -At -c 'BEGIN' \
+  -c 'DECLARE c CURSOR FOR SELECT txn_id FROM transactions ORDER BY txn_id' -c 'FETCH 2 FROM c' -c 'CLOSE c' -c 'COMMIT'
+check 'result columns carry PostgreSQL names' 'count' -c 'SELECT count(*) FROM labels'
 check 'count over pg-wire' '5000' -At -c 'SELECT count(*) FROM transactions'
 check 'EXPLAIN shows the partitions read' 'partitions=1/4' -c "EXPLAIN SELECT * FROM transactions WHERE user_id = 'u42'"
 got=$("${PSQL[@]}" -c '\set VERBOSITY verbose' -c 'SELECT * FROM nope' 2>&1 || true)
@@ -99,9 +113,21 @@ got=$(psql -X -h 127.0.0.1 -p "$PG_PORT" -U kfsql -d kfsql -v ON_ERROR_STOP=1 -f
   grep -qF '(10 rows)' <<<"$got" && grep -qx 'COPY 5000' <<<"$got" ||
   { echo "psql check FAILED: the training set joins labels to features as of their time: $got"; exit 1; }
 echo "psql check ok: the training set joins labels to features as of their time (COPY 5000)"
-echo "psql: 14 passed, 0 failed"
+echo "psql: 18 passed, 0 failed"
 log "Python clients against the same server"
 python3 tests/clients/python_clients.py "host=127.0.0.1 port=$PG_PORT user=kfsql dbname=kfsql" 5000
+log "pgjdbc (a Java program) against the same server"
+java -cp /usr/share/java/postgresql.jar tests/clients/JdbcClient.java \
+  "jdbc:postgresql://127.0.0.1:$PG_PORT/kfsql?user=kfsql" 5000
+log "node-postgres against the same server"
+NODE_PATH="$NODE_DIR/node_modules" node tests/clients/node_client.js "postgresql://kfsql@127.0.0.1:$PG_PORT/kfsql" 5000
+log "Spark over JDBC against the same server"
+python3 tests/clients/spark_client.py 127.0.0.1 "$PG_PORT" /usr/share/java/postgresql.jar
+CORPUS="$ROOT/../shared/pg-client-corpus"
+if [ -d "$CORPUS" ]; then
+  log "replaying the client traffic captured from PostgreSQL 15 ($CORPUS)"
+  python3 tests/clients/corpus_replay.py "host=127.0.0.1 port=$PG_PORT user=kfsql dbname=kfsql" "$CORPUS"
+fi
 
 log "psql against kfsql with SCRAM passwords, a read-only user and TLS (a throwaway self-signed certificate)"
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/tls.key" -out "$WORK/tls.crt" -days 1 -subj "/CN=localhost" 2>/dev/null

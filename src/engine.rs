@@ -206,10 +206,19 @@ impl Engine {
     }
 
     /// Parse SQL text into statements with kfsql's dialect (Postgres, plus CREATE EXTERNAL TABLE, COPY, EXPLAIN and
-    /// time travel). The rewrites that give Postgres meaning to what DataFusion reads differently happen when a
-    /// statement is prepared for planning.
+    /// time travel), or else as plain PostgreSQL (`COPY (query) TO STDOUT`, which DataFusion's COPY does not read).
+    /// The rewrites that give Postgres meaning to what DataFusion reads differently happen when a statement is
+    /// prepared for planning.
     pub fn parse(&self, sql_text: &str) -> Result<Vec<DFStatement>> {
-        Ok(sql::parse(sql_text)?.into_iter().collect())
+        match sql::parse(sql_text) {
+            Ok(stmts) => Ok(stmts.into_iter().collect()),
+            Err(first) => datafusion::sql::sqlparser::parser::Parser::parse_sql(
+                &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
+                sql_text,
+            )
+            .map(|stmts| stmts.into_iter().map(|s| DFStatement::Statement(Box::new(s))).collect())
+            .map_err(|_| first),
+        }
     }
 
     /// Run every statement of `sql_text`, collecting the rows of each.

@@ -604,8 +604,7 @@ impl ExtendedQueryHandler for Handlers {
         {
             // the cursor is a portal too: clients Describe it by name before they FETCH
             let parse = pgwire::messages::extendedquery::Parse::new(Some(name.clone()), query.to_string(), Vec::new());
-            if let Some(stored) =
-                pgwire::api::stmt::StoredStatement::parse(client, &parse, self.parser.clone()).await?
+            if let Some(stored) = pgwire::api::stmt::StoredStatement::parse(client, &parse, self.parser.clone()).await?
             {
                 client.portal_store().put_portal(Arc::new(Portal::new_cursor(name, Arc::new(stored))));
             }

@@ -4,6 +4,7 @@
 //! - `int2vector` / `oidvector` and array columns (`pg_index.indkey`, `pg_constraint.conkey`, `pg_proc.proargtypes`,
 //!   …) are stored by the crate as text (`"1 2"`, `"[2276]"`); here they are arrays of smallint / oid / text, so
 //!   `unnest(indkey)`, `conkey[pos.n]` and `_pg_expandarray(indkey)` work as in PostgreSQL;
+//! - `pg_settings` lists the settings kfsql reports (the crate's has one row);
 //! - columns the crate leaves out (`pg_class.reloptions`, `pg_class.relacl`) exist, with PostgreSQL's types.
 //!
 //! Every other table and every column is the crate's, unchanged. Tables exported from PostgreSQL are converted once;
@@ -151,6 +152,11 @@ impl SchemaProvider for PgCatalog {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        if name == "pg_settings"
+            && let Some(crate_settings) = self.inner.table(name).await?
+        {
+            return Ok(Some(settings(crate_settings.schema())?));
+        }
         let Some(fix) = fix_for(name) else { return self.inner.table(name).await };
         if let Some(done) = self.converted.lock().map_err(|_| poisoned())?.get(name) {
             return Ok(Some(done.clone()));
@@ -169,6 +175,28 @@ impl SchemaProvider for PgCatalog {
     fn table_exist(&self, name: &str) -> bool {
         self.inner.table_exist(name)
     }
+}
+
+/// `pg_settings` (the crate's columns): one row per setting kfsql reports, see [`super::pg_functions::SETTINGS`].
+fn settings(schema: SchemaRef) -> Result<Arc<dyn TableProvider>> {
+    let all = super::pg_functions::SETTINGS;
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| -> ArrayRef {
+            match f.name().as_str() {
+                "name" => {
+                    Arc::new(datafusion::arrow::array::StringArray::from_iter_values(all.iter().map(|(n, _)| *n)))
+                }
+                "setting" | "reset_val" => {
+                    Arc::new(datafusion::arrow::array::StringArray::from_iter_values(all.iter().map(|(_, v)| *v)))
+                }
+                _ => new_null_array(f.data_type(), all.len()),
+            }
+        })
+        .collect();
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
 }
 
 fn poisoned() -> DataFusionError {

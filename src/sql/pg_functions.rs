@@ -214,27 +214,34 @@ fn current_setting() -> ScalarUDF {
     )
 }
 
-/// The value of a server setting, as PostgreSQL 15 reports it by default.
+/// Server settings as PostgreSQL 15 reports them by default: `current_setting(name)` and `pg_settings`.
+pub const SETTINGS: &[(&str, &str)] = &[
+    ("server_version", "15.0"),
+    ("server_version_num", "150000"),
+    ("server_encoding", "UTF8"),
+    ("client_encoding", "UTF8"),
+    ("standard_conforming_strings", "on"),
+    ("integer_datetimes", "on"),
+    ("default_table_access_method", "heap"),
+    ("search_path", "\"$user\", public"),
+    ("datestyle", "ISO, MDY"),
+    ("timezone", "UTC"),
+    ("intervalstyle", "postgres"),
+    ("transaction_isolation", "read committed"),
+    ("default_transaction_isolation", "read committed"),
+    ("transaction_read_only", "off"),
+    ("default_transaction_read_only", "off"),
+    ("max_index_keys", "32"),
+    ("max_identifier_length", "63"),
+    ("lc_collate", "C.UTF-8"),
+    ("lc_ctype", "C.UTF-8"),
+    ("block_size", "8192"),
+    ("is_superuser", "on"),
+];
+
+/// The value of a server setting.
 pub fn setting(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "server_version" => "15.0",
-        "server_version_num" => "150000",
-        "server_encoding" | "client_encoding" => "UTF8",
-        "standard_conforming_strings" | "integer_datetimes" => "on",
-        "default_table_access_method" => "heap",
-        "search_path" => "\"$user\", public",
-        "datestyle" => "ISO, MDY",
-        "timezone" => "UTC",
-        "intervalstyle" => "postgres",
-        "transaction_isolation" | "default_transaction_isolation" => "read committed",
-        "transaction_read_only" | "default_transaction_read_only" => "off",
-        "max_index_keys" => "32",
-        "max_identifier_length" => "63",
-        "lc_collate" | "lc_ctype" => "C.UTF-8",
-        "block_size" => "8192",
-        "is_superuser" => "on",
-        _ => return None,
-    })
+    SETTINGS.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
 }
 
 /// The function [`super::pg_rewrite`] puts under `unnest(…)` for `information_schema._pg_expandarray(a)`.

@@ -118,6 +118,12 @@ impl KafkaTable {
             parts = parts.intersection(p).copied().collect();
             notes.push(format!("_partition IN {p:?}"));
         }
+        if let Some((lo, hi)) = bounds.partition_range {
+            parts.retain(|p| (lo..hi).contains(&i64::from(*p)));
+            let lower = (lo > i64::MIN).then(|| format!("_partition >= {lo}"));
+            let upper = (hi < i64::MAX).then(|| format!("_partition < {hi}"));
+            notes.push(lower.into_iter().chain(upper).collect::<Vec<_>>().join(" AND "));
+        }
         if let Some(keys) = &bounds.keys
             && self.options.partitioner != Partitioner::None
         {

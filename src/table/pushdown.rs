@@ -1,4 +1,5 @@
-//! Which filters a Kafka scan can use to read less, and what they mean in Kafka terms: `_partition` = / IN,
+//! Which filters a Kafka scan can use to read less, and what they mean in Kafka terms: `_partition` = / IN / ranges
+//! (`>= a AND < b`, as Spark's JDBC `partitionColumn` writes them, `OR _partition IS NULL` included),
 //! `_offset` ranges, `_timestamp` lower bounds (→ offsets_for_times), and key-column (or `_key`) equality / IN
 //! (→ the partitions those keys hash to). Every such filter is `Inexact`: DataFusion still applies it to the rows, so
 //! a broker that answers loosely (or a key found in the wrong partition) never changes a result.
@@ -15,6 +16,8 @@ use super::definition::{META_KEY, META_OFFSET, META_PARTITION, META_TIMESTAMP};
 pub struct ScanBounds {
     /// Only these partitions (None: all).
     pub partitions: Option<BTreeSet<i32>>,
+    /// Only partitions in `[lo, hi)` (None: all).
+    pub partition_range: Option<(i64, i64)>,
     /// Only messages whose key (as text) is one of these (None: any); used to pick partitions.
     pub keys: Option<BTreeSet<String>>,
     /// Offsets >= this.
@@ -31,6 +34,8 @@ pub struct ScanBounds {
 #[derive(Debug, Clone, PartialEq)]
 enum Constraint {
     Partitions(BTreeSet<i32>),
+    /// Partitions in `[lo, hi)`.
+    PartitionRange(i64, i64),
     Keys(BTreeSet<String>),
     OffsetMin(i64),
     OffsetEnd(i64),
@@ -71,6 +76,12 @@ pub fn bounds(filters: &[Expr], key_column: Option<&str>) -> ScanBounds {
                     None => p,
                 })
             }
+            Constraint::PartitionRange(lo, hi) => {
+                b.partition_range = Some(match b.partition_range {
+                    Some((l, h)) => (l.max(lo), h.min(hi)),
+                    None => (lo, hi),
+                })
+            }
             Constraint::Keys(k) => {
                 b.keys = Some(match b.keys.take() {
                     Some(prev) => prev.intersection(&k).cloned().collect(),
@@ -90,6 +101,9 @@ pub fn bounds(filters: &[Expr], key_column: Option<&str>) -> ScanBounds {
     {
         b.empty = true;
     }
+    if b.partition_range.is_some_and(|(lo, hi)| lo >= hi) {
+        b.empty = true;
+    }
     b
 }
 
@@ -104,8 +118,18 @@ fn classify(expr: &Expr, key_column: Option<&str>) -> Option<Vec<Constraint>> {
                 ([Constraint::Partitions(a)], [Constraint::Partitions(b)]) => {
                     Some(vec![Constraint::Partitions(a.union(b).copied().collect())])
                 }
+                // `… OR _partition IS NULL`: the second half never holds
+                (other, [Constraint::Partitions(none)]) | ([Constraint::Partitions(none)], other)
+                    if none.is_empty() =>
+                {
+                    Some(other.to_vec())
+                }
                 _ => None,
             }
+        }
+        // `_partition` is never NULL
+        Expr::IsNull(e) if column_name(e).as_deref() == Some(META_PARTITION) => {
+            Some(vec![Constraint::Partitions(BTreeSet::new())])
         }
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
             let (col, op, value) = match (column_name(left), column_name(right)) {
@@ -129,6 +153,16 @@ fn constraint(col: &str, op: Operator, values: &[ScalarValue], key_column: Optio
         META_PARTITION if op == Operator::Eq => Some(vec![Constraint::Partitions(
             values.iter().map(|v| as_i64(v).and_then(|x| i32::try_from(x).ok())).collect::<Option<_>>()?,
         )]),
+        META_PARTITION if values.len() == 1 => {
+            let v = as_i64(&values[0])?;
+            match op {
+                Operator::GtEq => Some(vec![Constraint::PartitionRange(v, i64::MAX)]),
+                Operator::Gt => Some(vec![Constraint::PartitionRange(v.saturating_add(1), i64::MAX)]),
+                Operator::Lt => Some(vec![Constraint::PartitionRange(i64::MIN, v)]),
+                Operator::LtEq => Some(vec![Constraint::PartitionRange(i64::MIN, v.saturating_add(1))]),
+                _ => None,
+            }
+        }
         META_OFFSET if values.len() == 1 => {
             let v = as_i64(&values[0])?;
             match op {
@@ -247,6 +281,13 @@ mod tests {
     #[test]
     fn contradictions_are_empty() {
         assert!(bounds(&[col("_partition").eq(lit(1)), col("_partition").eq(lit(2))], None).empty);
+        // Spark's partitionColumn bounds
+        let b = bounds(&[col("_partition").gt_eq(lit(1)), col("_partition").lt(lit(2))], None);
+        assert_eq!(b.partition_range, Some((1, 2)));
+        let first = col("_partition").lt(lit(1)).or(col("_partition").is_null());
+        assert!(is_supported(&first, None));
+        assert_eq!(bounds(&[first], None).partition_range, Some((i64::MIN, 1)));
+        assert!(bounds(&[col("_partition").gt(lit(3)), col("_partition").lt_eq(lit(3))], None).empty);
         assert!(bounds(&[col("_offset").gt_eq(lit(5i64)), col("_offset").lt(lit(5i64))], None).empty);
         assert!(bounds(&[col("k").eq(lit("a")), col("k").eq(lit("b"))], Some("k")).empty);
     }

@@ -91,6 +91,32 @@ def psycopg2_query():
     return n > 0, total
 
 
+def psycopg3_server_cursor():
+    with psycopg.connect(dsn) as c:
+        with c.cursor(name="kfsql_check") as cur:
+            cur.execute("SELECT txn_id, amount FROM transactions WHERE amount > %s ORDER BY txn_id", [100.0])
+            names = [d.name for d in cur.description]
+            first, rest = cur.fetchmany(3), cur.fetchall()
+        n = c.execute("SELECT count(*) FROM transactions WHERE amount > 100.0").fetchone()[0]
+        return names, len(first) + len(rest) == n and n > 3
+
+
+def psycopg2_named_cursor():
+    c = psycopg2.connect(dsn)
+    cur = c.cursor(name="kfsql_check")
+    cur.itersize = 333
+    cur.execute("SELECT txn_id FROM transactions")
+    n = sum(1 for _ in cur)
+    c.commit()
+    c.close()
+    return n
+
+
+def sqlalchemy_columns(engine):
+    columns = {c["name"]: type(c["type"]).__name__ for c in sa.inspect(engine).get_columns("transactions")}
+    return columns.get("amount"), columns.get("event_time"), columns.get("user_id"), "_offset" in columns
+
+
 engines = {
     "psycopg": sa.create_engine(f"postgresql+psycopg://{url}"),
     "psycopg2": sa.create_engine(f"postgresql+psycopg2://{url}"),
@@ -102,6 +128,9 @@ run("psycopg 3: binary parameters and results equal text ones", psycopg3_binary,
 run("psycopg 3: nested transactions (savepoints)", psycopg3_transaction, (1, "IDLE"))
 run("psycopg 3: COPY (query) TO STDOUT, text and CSV with header", psycopg3_copy_out, (True, "txn_id,amount", True))
 run("psycopg2: client-side parameters", psycopg2_query, (True, expected))
+run("psycopg 3: server-side cursor (DECLARE, Describe of its portal, FETCH)", psycopg3_server_cursor,
+    (["txn_id", "amount"], True))
+run("psycopg2: named cursor in chunks of itersize", psycopg2_named_cursor, expected)
 for driver, engine in engines.items():
     run(f"SQLAlchemy ({driver}): get_table_names lists each Kafka table once",
         lambda: sorted(sa.inspect(engine).get_table_names()), tables)
@@ -110,6 +139,13 @@ for driver, engine in engines.items():
     run(f"SQLAlchemy ({driver}): get_schema_names",
         lambda: [s for s in sa.inspect(engine).get_schema_names() if s in ("public", "latest", "kfsql")],
         ["kfsql", "latest", "public"])
+    run(f"SQLAlchemy ({driver}): get_columns with types", lambda: sqlalchemy_columns(engine),
+        ("DOUBLE_PRECISION", "TIMESTAMP", "TEXT", True))
+    run(f"SQLAlchemy ({driver}): get_pk_constraint, get_indexes, get_foreign_keys (Kafka tables have none)",
+        lambda: (sa.inspect(engine).get_pk_constraint("transactions")["constrained_columns"],
+                 sa.inspect(engine).get_indexes("transactions"), sa.inspect(engine).get_foreign_keys("transactions")),
+        ([], [], []))
+    run(f"pandas read_sql_table ({driver})", lambda: len(pd.read_sql_table("labels", engine)), expected)
     run(f"pandas read_sql ({driver})",
         lambda: pd.read_sql("SELECT user_id, count(*) AS n, avg(amount) AS a FROM transactions GROUP BY user_id",
                             engine)["n"].sum(), expected)

@@ -3,7 +3,7 @@
 #   1. installs what is missing (the Tansu broker via cargo, the psql client via apt),
 #   2. builds once (debug) and runs unit tests and the integration suites against the in-process mock cluster,
 #   3. starts Tansu (SQLite engine) on a free port and runs the broker suites against it,
-#   4. drives the real `kfsql` binary with psql, pgjdbc (a Java program), node-pg, the Python clients (psycopg 3,
+#   4. drives the real `kfsql` binary (over a fresh Tansu holding the fraud demo) with psql, pgjdbc (a Java program), node-pg, the Python clients (psycopg 3,
 #      psycopg2, SQLAlchemy, pandas), Spark over JDBC, and replays the captured client traffic of
 #      ../shared/pg-client-corpus (when present),
 #   5. stops everything it started.
@@ -74,9 +74,13 @@ KFSQL_TEST_BROKERS="127.0.0.1:$TANSU_PORT" KFSQL_REQUIRE_BROKER=1 KFSQL_TANSU_BI
   cargo test --test kafka_tables --test slt --test server --test asof --test latest --test pipeline
 
 # --- 4. the real binary, driven by psql ---------------------------------------------------------------------------
-log "psql against the kfsql binary (embedded Kafka, demo data)"
+log "psql against the kfsql binary (the fraud demo loaded into a fresh Tansu)"
+CLIENT_TANSU_PORT=$(free_port)
+PIDS+=("$(start_tansu "$WORK/tansu-clients" "$CLIENT_TANSU_PORT")")
+wait_port "$CLIENT_TANSU_PORT"
 PG_PORT=$(free_port)
-./target/debug/kfsql serve --listen "127.0.0.1:$PG_PORT" --demo-transactions 5000 >"$WORK/kfsql.log" 2>&1 &
+./target/debug/kfsql serve --listen "127.0.0.1:$PG_PORT" --brokers "127.0.0.1:$CLIENT_TANSU_PORT" --demo \
+  --demo-transactions 5000 >"$WORK/kfsql.log" 2>&1 &
 PIDS+=("$!")
 wait_port "$PG_PORT"
 PSQL=(psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U kfsql -d kfsql -v ON_ERROR_STOP=1)

@@ -97,6 +97,7 @@ check '\d shows columns and types' 'timestamp without time zone' -c '\d transact
 check '\d shows metadata columns' '_offset' -c '\d transactions'
 check '\dn lists the schemas' 'latest' -c '\dn'
 check '\l lists the database' 'kfsql' -c '\l'
+check '\dt+, \dn+, \l+ (sizes, descriptions, privileges)' 'user_txn_features' -c '\dn+' -c '\l+' -c '\dt+'
 check 'DECLARE / FETCH / CLOSE a cursor' 't1' -At -c 'BEGIN' \
   -c 'DECLARE c CURSOR FOR SELECT txn_id FROM transactions ORDER BY txn_id' -c 'FETCH 2 FROM c' -c 'CLOSE c' -c 'COMMIT'
 check 'result columns carry PostgreSQL names' 'count' -c 'SELECT count(*) FROM labels'
@@ -117,7 +118,7 @@ got=$(psql -X -h 127.0.0.1 -p "$PG_PORT" -U kfsql -d kfsql -v ON_ERROR_STOP=1 -f
   grep -qF '(10 rows)' <<<"$got" && grep -qx 'COPY 5000' <<<"$got" ||
   { echo "psql check FAILED: the training set joins labels to features as of their time: $got"; exit 1; }
 echo "psql check ok: the training set joins labels to features as of their time (COPY 5000)"
-echo "psql: 18 passed, 0 failed"
+echo "psql: 19 passed, 0 failed"
 log "Python clients against the same server"
 python3 tests/clients/python_clients.py "host=127.0.0.1 port=$PG_PORT user=kfsql dbname=kfsql" 5000
 log "pgjdbc (a Java program) against the same server"

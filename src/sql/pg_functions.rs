@@ -37,34 +37,53 @@ pub fn register(ctx: &SessionContext) {
         "pg_get_triggerdef",
         "pg_get_function_result",
         "pg_get_function_arguments",
+        "pg_get_function_sqlbody",
     ] {
         ctx.register_udf(ScalarUDF::new_from_impl(NoDefinition::new(name)));
     }
     ctx.register_udf(pg_size_pretty());
+    // the size of a Kafka table is the broker's to know, not a catalog fact: unknown, as PostgreSQL answers NULL
+    // for a relation it has no size for
+    for name in ["pg_table_size", "pg_database_size"] {
+        ctx.register_udf(ScalarUDF::new_from_impl(UnknownSize {
+            name,
+            signature: Signature::any(1, Volatility::Stable),
+        }));
+    }
     ctx.register_udf(ScalarUDF::new_from_impl(RelationIsPublishable::new()));
-    ctx.register_udf(create_udf(
+    // types, functions, operators, … all live in pg_catalog, which is always on the search path
+    for name in [
         "pg_type_is_visible",
-        vec![DataType::Int32],
-        DataType::Boolean,
-        Volatility::Stable,
-        // every type lives in pg_catalog, which is always on the search path
-        Arc::new(|args: &[ColumnarValue]| {
-            let oids = ColumnarValue::values_to_arrays(args)?;
-            let visible: BooleanArray = (0..oids[0].len()).map(|i| oids[0].is_valid(i).then_some(true)).collect();
-            Ok(ColumnarValue::Array(Arc::new(visible)))
-        }),
-    ));
-    ctx.register_udf(create_udf(
         "pg_function_is_visible",
+        "pg_operator_is_visible",
+        "pg_opclass_is_visible",
+        "pg_opfamily_is_visible",
+        "pg_conversion_is_visible",
+        "pg_statistics_obj_is_visible",
+        "pg_ts_config_is_visible",
+        "pg_ts_dict_is_visible",
+        "pg_ts_parser_is_visible",
+        "pg_ts_template_is_visible",
+    ] {
+        ctx.register_udf(create_udf(
+            name,
+            vec![DataType::Int32],
+            DataType::Boolean,
+            Volatility::Stable,
+            Arc::new(|args: &[ColumnarValue]| {
+                let oids = ColumnarValue::values_to_arrays(args)?;
+                let visible: BooleanArray = (0..oids[0].len()).map(|i| oids[0].is_valid(i).then_some(true)).collect();
+                Ok(ColumnarValue::Array(Arc::new(visible)))
+            }),
+        ));
+    }
+    // kfsql keeps everything in the default tablespace, whose location PostgreSQL reports as ''
+    ctx.register_udf(create_udf(
+        "pg_tablespace_location",
         vec![DataType::Int32],
-        DataType::Boolean,
+        DataType::Utf8,
         Volatility::Stable,
-        // every function lives in pg_catalog, which is always on the search path
-        Arc::new(|args: &[ColumnarValue]| {
-            let oids = ColumnarValue::values_to_arrays(args)?;
-            let visible: BooleanArray = (0..oids[0].len()).map(|i| oids[0].is_valid(i).then_some(true)).collect();
-            Ok(ColumnarValue::Array(Arc::new(visible)))
-        }),
+        Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(String::new()))))),
     ));
 }
 
@@ -127,6 +146,28 @@ impl ScalarUDFImpl for RelationIsPublishable {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let out: BooleanArray = (0..arrays[0].len()).map(|i| arrays[0].is_valid(i).then_some(true)).collect();
         Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// `pg_table_size` / `pg_database_size` of a relation or database given by OID or name: unknown (NULL).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct UnknownSize {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for UnknownSize {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Int64)
+    }
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::Int64(None)))
     }
 }
 

@@ -229,6 +229,17 @@ impl VisitorMut for Rewriter<'_> {
                 subqueries::array_constructor(expr, self.scopes.last())
             }
             Expr::Function(f)
+                if matches!(
+                    function_name(f).as_deref(),
+                    Some("obj_description" | "col_description" | "shobj_description")
+                ) =>
+            {
+                if let Some(lookup) = description_lookup(f) {
+                    *expr = lookup;
+                    subqueries::decorrelatable(expr, self.scopes.last());
+                }
+            }
+            Expr::Function(f)
                 if matches!(function_name(f).as_deref(), Some("_pg_expandarray" | "generate_subscripts")) =>
             {
                 let FunctionArguments::List(list) = &f.args else { return ControlFlow::Continue(()) };
@@ -355,6 +366,81 @@ fn distinct_output_names(body: &mut SetExpr) {
     }
 }
 
+/// `obj_description(oid, 'catalog')`, `shobj_description(oid, 'catalog')` and `col_description(table, column)` as PostgreSQL defines them (SQL functions
+/// over `pg_description`), for the catalogs whose OIDs PostgreSQL fixes.
+fn description_lookup(f: &datafusion::sql::sqlparser::ast::Function) -> Option<Expr> {
+    let FunctionArguments::List(list) = &f.args else { return None };
+    let args: Vec<&Expr> = list
+        .args
+        .iter()
+        .map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    let sql = match (function_name(f)?.as_str(), args.as_slice()) {
+        ("obj_description", [object, Expr::Value(ValueWithSpan { value: Value::SingleQuotedString(c), .. })]) => {
+            let class = catalog_oid(c)?;
+            format!(
+                "(SELECT kfsql_d.description FROM pg_catalog.pg_description kfsql_d \
+                 WHERE kfsql_d.objoid = {object} AND kfsql_d.classoid = {class} AND kfsql_d.objsubid = 0)"
+            )
+        }
+        ("shobj_description", [object, Expr::Value(ValueWithSpan { value: Value::SingleQuotedString(c), .. })]) => {
+            let class = catalog_oid(c)?;
+            format!(
+                "(SELECT kfsql_d.description FROM pg_catalog.pg_shdescription kfsql_d \
+                 WHERE kfsql_d.objoid = {object} AND kfsql_d.classoid = {class})"
+            )
+        }
+        ("col_description", [table, column]) => format!(
+            "(SELECT kfsql_d.description FROM pg_catalog.pg_description kfsql_d \
+             WHERE kfsql_d.objoid = {table} AND kfsql_d.classoid = 1259 AND kfsql_d.objsubid = {column})"
+        ),
+        _ => return None,
+    };
+    parse_expr(&sql)
+}
+
+/// The OIDs PostgreSQL gives its catalogs (fixed since their creation).
+fn catalog_oid(name: &str) -> Option<u32> {
+    Some(match name.trim_start_matches("pg_catalog.") {
+        "pg_class" => 1259,
+        "pg_type" => 1247,
+        "pg_proc" => 1255,
+        "pg_namespace" => 2615,
+        "pg_constraint" => 2606,
+        "pg_database" => 1262,
+        "pg_am" => 2601,
+        "pg_attribute" => 1249,
+        "pg_trigger" => 2620,
+        "pg_extension" => 3079,
+        "pg_collation" => 3456,
+        "pg_authid" => 1260,
+        "pg_tablespace" => 1213,
+        "pg_operator" => 2617,
+        "pg_opclass" => 2616,
+        "pg_opfamily" => 2753,
+        "pg_aggregate" => 2600,
+        "pg_cast" => 2605,
+        "pg_conversion" => 2607,
+        "pg_language" => 2612,
+        "pg_rewrite" => 2618,
+        "pg_index" => 2610,
+        "pg_ts_config" => 3602,
+        "pg_ts_dict" => 3600,
+        "pg_ts_parser" => 3601,
+        "pg_ts_template" => 3764,
+        "pg_event_trigger" => 3466,
+        "pg_foreign_data_wrapper" => 2328,
+        "pg_foreign_server" => 1417,
+        "pg_policy" => 3256,
+        "pg_publication" => 6104,
+        "pg_subscription" => 6100,
+        _ => return None,
+    })
+}
+
 /// `'{1,2}'` → `[1, 2]`, `'{a,b}'` → `['a', 'b']`; None for any other text.
 fn array_literal(text: &str) -> Option<Expr> {
     let inner = text.strip_prefix('{')?.strip_suffix('}')?;
@@ -424,6 +510,20 @@ mod tests {
         );
         // names that would repeat are left to DataFusion
         assert_eq!(rewritten("SELECT count(a), count(b) FROM t"), "SELECT count(a), count(b) FROM t");
+    }
+
+    #[test]
+    fn descriptions_are_lookups_in_pg_description() {
+        let out = rewritten("SELECT obj_description(n.oid, 'pg_namespace') FROM pg_catalog.pg_namespace n");
+        assert!(
+            out.contains(
+                "(SELECT first_value(kfsql_d.description) FROM pg_catalog.pg_description kfsql_d \
+                          WHERE kfsql_d.objoid = n.oid AND kfsql_d.classoid = 2615 AND kfsql_d.objsubid = 0)"
+            ),
+            "{out}"
+        );
+        // an unknown catalog stays a call (and fails as an unknown function would)
+        assert!(rewritten("SELECT obj_description(1, 'pg_nope')").contains("obj_description(1, 'pg_nope')"));
     }
 
     #[test]

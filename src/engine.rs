@@ -87,6 +87,8 @@ pub struct EngineInner {
     catalog: CatalogStore,
     config: EngineConfig,
     defs: RwLock<BTreeMap<String, TableDefinition>>,
+    /// Held while a table is (re)registered in the session context.
+    registering: std::sync::Mutex<()>,
     /// datafusion-pg-catalog's statement rewrites kfsql applies (see [`sql::pg_rewrite::compat_rules`]).
     compat: Vec<Arc<dyn datafusion_pg_catalog::sql::rules::SqlStatementRewriteRule>>,
     /// The pg_catalog relations that hold no rows, for [`sql::pg_rewrite::rewrite_with`].
@@ -157,6 +159,7 @@ impl Engine {
                 catalog,
                 config,
                 defs: RwLock::new(BTreeMap::new()),
+                registering: std::sync::Mutex::new(()),
                 compat: sql::pg_rewrite::compat_rules(),
                 empty_relations,
                 latest,
@@ -424,6 +427,8 @@ impl EngineInner {
     }
 
     fn register(&self, table: KafkaTable) -> Result<()> {
+        // a CREATE and the catalog follower may register the same table at once: one after the other
+        let _one_at_a_time = self.registering.lock().unwrap_or_else(|p| p.into_inner());
         let def = table.definition().clone();
         let name = public(&def.name);
         self.ctx.deregister_table(name.clone())?;

@@ -1,5 +1,5 @@
 //! The pg-wire server with a real Postgres client library (tokio-postgres): extended protocol with typed
-//! parameters and binary results, session statements, a client that vanishes mid-query, and a broker outage
+//! parameters and binary results, session statements, a client that vanishes mid-query, a CancelRequest, and a broker outage
 //! (with Tansu: the broker is killed and restarted under a live server).
 
 mod common;
@@ -250,6 +250,34 @@ async fn postgres_types_in_binary_and_text() {
     assert_eq!(row.get(2), Some("t"));
     assert_eq!(row.get(3), Some("2.5"));
     assert_eq!(row.get(4), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_request_stops_a_statement_whose_rows_are_running() {
+    let addr = demo_server(1000).await;
+    let client = connect(addr).await;
+    let token = client.cancel_token();
+    let start = Instant::now();
+    // planned at once; the cross join runs while pgwire streams its (one) row
+    let running = tokio::spawn(async move {
+        client
+            .simple_query("SELECT count(*) FROM tx a, tx b, tx c")
+            .await
+            .map(|_| ())
+            .map_err(|e| (e.code().map(|c| c.code().to_string()), e.as_db_error().map(|d| d.message().to_string())))
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    token.cancel_query(NoTls).await.expect("CancelRequest sent");
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(20), running).await.expect("the statement stops").expect("task");
+    let (code, message) = outcome.expect_err("a cancelled statement is an error");
+    assert_eq!(code.as_deref(), Some("57014"));
+    assert_eq!(message.as_deref(), Some("canceling statement due to user request"));
+    assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
+    // the server goes on serving
+    let again = connect(addr).await;
+    let n: i64 = again.query_one("SELECT count(*) FROM tx", &[]).await.expect("count").get(0);
+    assert_eq!(n, 1000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 //! is its own task, and a client that disconnects drops its query's stream, which stops the Kafka readers.
 
 pub mod auth;
+mod cancel;
 mod coalesce;
 mod copy_out;
 mod cursor;
@@ -64,7 +65,7 @@ pub struct Handlers {
     engine: Engine,
     parser: Arc<KfsqlParser>,
     connections: Arc<ConnectionManager>,
-    cancel: Arc<DefaultCancelHandler>,
+    cancel: Arc<cancel::Cancel>,
     security: auth::Security,
     cursors: Arc<cursor::Cursors>,
 }
@@ -75,7 +76,7 @@ impl Handlers {
         Self {
             parser: Arc::new(KfsqlParser { engine: engine.clone() }),
             engine,
-            cancel: Arc::new(DefaultCancelHandler::new(connections.clone())),
+            cancel: Arc::new(cancel::Cancel::new(DefaultCancelHandler::new(connections.clone()))),
             connections,
             security,
             cursors: Arc::new(cursor::Cursors::default()),
@@ -269,7 +270,7 @@ impl Handlers {
                     let (schema, batches) =
                         self.cursors.fetch(client.socket_addr(), &name.value, count).await.map_err(to_pg)?;
                     let rows = RecordBatchStreamAdapter::new(schema, stream::iter(batches.into_iter().map(Ok)));
-                    return match rows_response(client, Box::pin(rows), format)? {
+                    return match rows_response(client, Box::pin(rows), format, None)? {
                         Response::Query(mut q) => {
                             q.set_command_tag("FETCH");
                             Ok(Response::Query(q))
@@ -310,7 +311,7 @@ impl Handlers {
         }
         .map_err(to_pg)?;
         match out {
-            Output::Rows(stream) => rows_response(client, stream, format),
+            Output::Rows(stream) => rows_response(client, stream, format, Some(self.cancel.statement(client))),
             Output::Command { tag, rows } => {
                 let mut t = if is_insert || tag.starts_with("INSERT") {
                     Tag::new("INSERT").with_oid(0)
@@ -459,11 +460,12 @@ impl QueryParser for KfsqlParser {
     }
 }
 
-/// Rows as a query response, encoded in the client's formats as they stream.
+/// Rows as a query response, encoded in the client's formats as they stream; a fired `cancel` ends them with 57014.
 fn rows_response<C: ClientInfo>(
     client: &C,
     rows: SendableRecordBatchStream,
     format: &Format,
+    cancel: Option<tokio_util::sync::CancellationToken>,
 ) -> PgWireResult<Response> {
     let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
     let fields = Arc::new(arrow_schema_to_pg_fields(&rows.schema(), format, Some(options))?);
@@ -476,6 +478,26 @@ fn rows_response<C: ClientInfo>(
             }
         })
         .flat_map(stream::iter);
+    let Some(token) = cancel else { return Ok(Response::Query(QueryResponse::new(fields, encoded))) };
+    let fired = token.clone();
+    // marks the statement done (for pruning) when the rows end or are dropped
+    let done = token.clone().drop_guard();
+    let encoded = encoded.take_until(token.cancelled_owned()).chain(
+        stream::once(async move {
+            let cancelled = fired.is_cancelled();
+            drop(done);
+            cancelled
+        })
+        .filter_map(|cancelled| async move {
+            cancelled.then(|| {
+                Err(PgWireError::UserError(Box::new(pgwire::error::ErrorInfo::new(
+                    "ERROR".into(),
+                    "57014".into(),
+                    "canceling statement due to user request".into(),
+                ))))
+            })
+        }),
+    );
     Ok(Response::Query(QueryResponse::new(fields, encoded)))
 }
 
@@ -586,7 +608,7 @@ impl ExtendedQueryHandler for Handlers {
             let batch = lookup.run_with(&values).map_err(to_pg)?;
             let schema = batch.schema();
             let rows = RecordBatchStreamAdapter::new(schema, stream::once(async { Ok(batch) }));
-            return rows_response(client, Box::pin(rows), &portal.result_column_format);
+            return rows_response(client, Box::pin(rows), &portal.result_column_format, None);
         }
         let Some(stmt) = prepared.statement.clone() else { return Ok(Response::EmptyQuery) };
         let plan = match &prepared.plan {

@@ -280,6 +280,63 @@ async fn a_cancel_request_stops_a_statement_whose_rows_are_running() {
     assert_eq!(n, 1000);
 }
 
+/// Backend messages in `bytes` (type, body), as far as they are complete.
+fn backend_messages(bytes: &[u8]) -> Vec<(u8, &[u8])> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 5 <= bytes.len() {
+        let len = u32::from_be_bytes([bytes[at + 1], bytes[at + 2], bytes[at + 3], bytes[at + 4]]) as usize;
+        if at + 1 + len > bytes.len() {
+            break;
+        }
+        out.push((bytes[at], &bytes[at + 5..at + 1 + len]));
+        at += 1 + len;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_message_ends_that_connection_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = demo_server(10).await;
+    let mut raw = tokio::net::TcpStream::connect(addr).await.expect("raw");
+    let mut body = vec![0, 3, 0, 0];
+    body.extend_from_slice(b"user\0kfsql\0database\0kfsql\0\0");
+    let mut startup = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    startup.extend(body);
+    raw.write_all(&startup).await.expect("startup");
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    while !backend_messages(&seen).iter().any(|(t, _)| *t == b'Z') {
+        let n = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf))
+            .await
+            .expect("startup answer")
+            .expect("read");
+        assert!(n > 0, "closed during startup");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // a Query claiming 2 GiB, past what any message may hold
+    raw.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xf0, b'S', b'E']).await.expect("oversize header");
+    let mut answer = Vec::new();
+    let start = Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf))
+            .await
+            .expect("the server answers, not waits for 2 GiB")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let messages = backend_messages(&answer);
+    assert!(messages.iter().all(|(t, _)| *t == b'E'), "only an error, then the end: {messages:?}");
+    // everyone else is served
+    let other = connect(addr).await;
+    let n: i64 = other.query_one("SELECT count(*) FROM tx", &[]).await.expect("count").get(0);
+    assert_eq!(n, 10);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_past_the_timeout_are_cancelled_with_57014() {
     let cluster = common::cluster();

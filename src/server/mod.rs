@@ -245,45 +245,10 @@ impl Handlers {
             }
             return Ok(self.session_command(client.metadata_mut(), cmd, format));
         }
-        if let DFStatement::Statement(s) = &stmt {
-            match s.as_ref() {
-                SqlStatement::Declare { .. } => {
-                    let Some((name, hold, query)) = cursor::declared(s) else {
-                        return Err(to_pg(KfsqlError::Unsupported("DECLARE other than a cursor for a query".into())));
-                    };
-                    let plan = match plan {
-                        Some(plan) => plan,
-                        None => self
-                            .engine
-                            .plan(DFStatement::Statement(Box::new(SqlStatement::Query(query))))
-                            .await
-                            .map_err(to_pg)?,
-                    };
-                    let Output::Rows(rows) = self.engine.execute_plan(plan).await.map_err(to_pg)? else {
-                        return Err(to_pg(KfsqlError::Unsupported("a cursor over a statement without rows".into())));
-                    };
-                    self.cursors.declare(client.socket_addr(), &name, rows, hold).map_err(to_pg)?;
-                    return Ok(Response::Execution(Tag::new("DECLARE CURSOR")));
-                }
-                SqlStatement::Fetch { name, direction, .. } => {
-                    let count = cursor::fetch_count(direction).map_err(to_pg)?;
-                    let (schema, batches) =
-                        self.cursors.fetch(client.socket_addr(), &name.value, count).await.map_err(to_pg)?;
-                    let rows = RecordBatchStreamAdapter::new(schema, stream::iter(batches.into_iter().map(Ok)));
-                    return match rows_response(client, Box::pin(rows), format, None)? {
-                        Response::Query(mut q) => {
-                            q.set_command_tag("FETCH");
-                            Ok(Response::Query(q))
-                        }
-                        other => Ok(other),
-                    };
-                }
-                SqlStatement::Close { cursor } => {
-                    self.cursors.close(client.socket_addr(), cursor).map_err(to_pg)?;
-                    return Ok(Response::Execution(Tag::new("CLOSE CURSOR")));
-                }
-                _ => {}
-            }
+        if let DFStatement::Statement(s) = &stmt
+            && let Some(response) = self.cursor_statement(client, s, &plan, format).await
+        {
+            return response;
         }
         if let DFStatement::Statement(s) = &stmt
             && let Some(copy) = copy_out::CopyOut::recognise(s)
@@ -324,6 +289,65 @@ impl Handlers {
                 Ok(Response::Execution(t))
             }
         }
+    }
+
+    /// DECLARE, FETCH and CLOSE of a cursor (see [`cursor`]); None for any other statement.
+    async fn cursor_statement<C>(
+        &self,
+        client: &C,
+        s: &SqlStatement,
+        plan: &Option<LogicalPlan>,
+        format: &Format,
+    ) -> Option<PgWireResult<Response>>
+    where
+        C: ClientInfo + Send + Sync,
+    {
+        Some(match s {
+            SqlStatement::Declare { .. } => {
+                let Some((name, hold, query)) = cursor::declared(s) else {
+                    return Some(Err(to_pg(KfsqlError::Unsupported("DECLARE other than a cursor for a query".into()))));
+                };
+                let plan = match plan {
+                    Some(plan) => Ok(plan.clone()),
+                    None => self.engine.plan(DFStatement::Statement(Box::new(SqlStatement::Query(query)))).await,
+                };
+                let declared = match plan {
+                    Ok(plan) => self.engine.execute_plan(plan).await,
+                    Err(e) => Err(e),
+                }
+                .and_then(|out| match out {
+                    Output::Rows(rows) => self.cursors.declare(client.socket_addr(), &name, rows, hold),
+                    Output::Command { .. } => {
+                        Err(KfsqlError::Unsupported("a cursor over a statement without rows".into()))
+                    }
+                });
+                declared.map(|()| Response::Execution(Tag::new("DECLARE CURSOR"))).map_err(to_pg)
+            }
+            SqlStatement::Fetch { name, direction, .. } => {
+                let fetched = match cursor::fetch_count(direction) {
+                    Ok(count) => self.cursors.fetch(client.socket_addr(), &name.value, count).await,
+                    Err(e) => Err(e),
+                };
+                let (schema, batches) = match fetched {
+                    Ok(f) => f,
+                    Err(e) => return Some(Err(to_pg(e))),
+                };
+                let rows = RecordBatchStreamAdapter::new(schema, stream::iter(batches.into_iter().map(Ok)));
+                rows_response(client, Box::pin(rows), format, None).map(|r| match r {
+                    Response::Query(mut q) => {
+                        q.set_command_tag("FETCH");
+                        Response::Query(q)
+                    }
+                    other => other,
+                })
+            }
+            SqlStatement::Close { cursor } => self
+                .cursors
+                .close(client.socket_addr(), cursor)
+                .map(|()| Response::Execution(Tag::new("CLOSE CURSOR")))
+                .map_err(to_pg),
+            _ => return None,
+        })
     }
 
     fn session_command(

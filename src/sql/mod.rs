@@ -1,5 +1,6 @@
 //! SQL front end: kfsql's [`dialect`] (Postgres + time travel), statement parsing into DataFusion statements, the
-//! AST rewrites that must happen before planning ([`time_travel`]), and the PostgreSQL functions clients call
+//! AST rewrites that must happen before planning ([`time_travel`], and [`pg_rewrite`] for PostgreSQL's meaning of
+//! what clients write), the `pg_catalog` schema clients read ([`pg_catalog`]) and the PostgreSQL functions they call
 //! ([`pg_functions`]).
 
 pub mod dialect;

@@ -132,7 +132,7 @@ pub fn decorrelatable(expr: &mut Expr, outer: Option<&Scope>) {
             // mixed condition is the same condition over the looked-up values, when the row exists.
             let value = e.clone();
             let lookup = Lookup { from: &select.from, selection: select.selection.as_ref(), inner: &inner };
-            let mut guard = vec![format!("({}) > 0", lookup.query("count(*)"))];
+            let mut guard = vec![lookup.exists()];
             guard.extend(mixed.iter().map(|m| lookup.lifted(m)));
             let condition = hoisted.iter().map(|h| h.to_string()).chain(guard).collect::<Vec<_>>().join(" AND ");
             if let Some(case) = parse_expr(&format!("CASE WHEN {condition} THEN {} END", lookup.lifted(&value))) {
@@ -214,6 +214,58 @@ impl Lookup<'_> {
         }
     }
 
+    /// The lookup as one lookup per relation, when the relations are listed apart (`FROM a, b`) and every condition
+    /// reads one of them: `[(name, FROM text, its conditions)]`. Looking each up on its own finds the same row,
+    /// without the product of the relations that DataFusion would otherwise aggregate.
+    fn per_relation(&self) -> Option<Vec<(String, String, Option<Expr>)>> {
+        if self.from.len() < 2 || self.from.iter().any(|t| !t.joins.is_empty()) {
+            return None;
+        }
+        let mut parts: Vec<(String, String, Vec<Expr>)> = Vec::new();
+        for t in self.from {
+            let names = relation_names(std::slice::from_ref(t));
+            let name = names.into_iter().next()?;
+            parts.push((name, t.to_string(), Vec::new()));
+        }
+        for conjunct in self.selection.cloned().map(conjuncts).unwrap_or_default() {
+            let read = relations_read(&conjunct, self.inner)?;
+            let [only] = read.as_slice() else { return None };
+            parts.iter_mut().find(|(n, _, _)| n == only)?.2.push(conjunct);
+        }
+        Some(parts.into_iter().map(|(n, from, w)| (n, from, and_all(w))).collect())
+    }
+
+    /// `(the lookup finds a row) > 0`, as a condition.
+    fn exists(&self) -> String {
+        match self.per_relation() {
+            Some(parts) => parts
+                .iter()
+                .map(|(_, from, w)| match w {
+                    Some(w) => format!("(SELECT count(*) FROM {from} WHERE {w}) > 0"),
+                    None => format!("(SELECT count(*) FROM {from}) > 0"),
+                })
+                .collect::<Vec<_>>()
+                .join(" AND "),
+            None => format!("({}) > 0", self.query("count(*)")),
+        }
+    }
+
+    /// The looked-up value of `part`: from its one relation when the lookup splits, else from the whole lookup.
+    fn value(&self, part: &Expr) -> String {
+        let value = format!("first_value({part})");
+        if let Some(parts) = self.per_relation()
+            && let Some(read) = relations_read(part, self.inner)
+            && let [only] = read.as_slice()
+            && let Some((_, from, w)) = parts.iter().find(|(n, _, _)| n == only)
+        {
+            return match w {
+                Some(w) => format!("SELECT {value} FROM {from} WHERE {w}"),
+                None => format!("SELECT {value} FROM {from}"),
+            };
+        }
+        self.query(&value)
+    }
+
     /// `e` with each largest part that reads only the subquery's relations replaced by its looked-up value.
     fn lifted(&self, e: &Expr) -> String {
         let mut e = e.clone();
@@ -221,10 +273,38 @@ impl Lookup<'_> {
         let _ = VisitMut::visit(&mut e, &mut parts);
         let mut text = e.to_string();
         for (i, part) in parts.found.iter().enumerate() {
-            text = text.replace(&marker(i), &format!("({})", self.query(&format!("first_value({part})"))));
+            text = text.replace(&marker(i), &format!("({})", self.value(part)));
         }
         text
     }
+}
+
+/// The subquery's relations `e` reads (by the name they are known by); None when it has an unqualified column.
+fn relations_read(e: &Expr, inner: &HashSet<String>) -> Option<Vec<String>> {
+    struct Read<'a> {
+        inner: &'a HashSet<String>,
+        found: Vec<String>,
+        unqualified: bool,
+    }
+    impl Visitor for Read<'_> {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            match expr {
+                Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+                    let q = parts[parts.len() - 2].value.to_ascii_lowercase();
+                    if self.inner.contains(&q) && !self.found.contains(&q) {
+                        self.found.push(q);
+                    }
+                }
+                Expr::Identifier(_) => self.unqualified = true,
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut read = Read { inner, found: Vec::new(), unqualified: false };
+    let _ = e.visit(&mut read);
+    (!read.unqualified).then_some(read.found)
 }
 
 fn marker(i: usize) -> String {
@@ -517,9 +597,14 @@ mod tests {
              WHERE c.oid = a.attcollation AND t.oid = a.atttypid AND a.attcollation <> t.typcollation) \
              FROM pg_catalog.pg_attribute a",
         );
-        assert!(
-            out.contains("AND a.attcollation <> (SELECT first_value(t.typcollation) FROM pg_catalog.pg_collation"),
-            "{out}"
+        // two relations looked up apart: no product of pg_collation and pg_type
+        assert_eq!(
+            out,
+            "SELECT CASE WHEN (SELECT count(*) FROM pg_catalog.pg_collation c WHERE c.oid = a.attcollation) > 0 \
+             AND (SELECT count(*) FROM pg_catalog.pg_type t WHERE t.oid = a.atttypid) > 0 \
+             AND a.attcollation <> (SELECT first_value(t.typcollation) FROM pg_catalog.pg_type t WHERE t.oid = a.atttypid) \
+             THEN (SELECT first_value(c.collname) FROM pg_catalog.pg_collation c WHERE c.oid = a.attcollation) END \
+             FROM pg_catalog.pg_attribute a"
         );
     }
 

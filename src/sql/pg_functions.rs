@@ -39,18 +39,22 @@ pub fn register(ctx: &SessionContext) {
         "pg_get_function_arguments",
         "pg_get_function_sqlbody",
     ] {
-        ctx.register_udf(ScalarUDF::new_from_impl(NoDefinition::new(name)));
+        // objects kfsql does not have: NULL, as PostgreSQL answers for an OID that is none
+        ctx.register_udf(Fixed::udf(name, Signature::variadic_any(Volatility::Stable), DataType::Utf8, Answer::Null));
     }
     ctx.register_udf(pg_size_pretty());
     // the size of a Kafka table is the broker's to know, not a catalog fact: unknown, as PostgreSQL answers NULL
     // for a relation it has no size for
     for name in ["pg_table_size", "pg_database_size"] {
-        ctx.register_udf(ScalarUDF::new_from_impl(UnknownSize {
-            name,
-            signature: Signature::any(1, Volatility::Stable),
-        }));
+        ctx.register_udf(Fixed::udf(name, Signature::any(1, Volatility::Stable), DataType::Int64, Answer::Null));
     }
-    ctx.register_udf(ScalarUDF::new_from_impl(RelationIsPublishable::new()));
+    // true for a table, whether the OID comes as a number or as text (psql passes a quoted literal)
+    ctx.register_udf(Fixed::udf(
+        "pg_relation_is_publishable",
+        Signature::any(1, Volatility::Stable),
+        DataType::Boolean,
+        Answer::TrueUnlessNull,
+    ));
     // types, functions, operators, … all live in pg_catalog, which is always on the search path
     for name in [
         "pg_type_is_visible",
@@ -65,17 +69,8 @@ pub fn register(ctx: &SessionContext) {
         "pg_ts_parser_is_visible",
         "pg_ts_template_is_visible",
     ] {
-        ctx.register_udf(create_udf(
-            name,
-            vec![DataType::Int32],
-            DataType::Boolean,
-            Volatility::Stable,
-            Arc::new(|args: &[ColumnarValue]| {
-                let oids = ColumnarValue::values_to_arrays(args)?;
-                let visible: BooleanArray = (0..oids[0].len()).map(|i| oids[0].is_valid(i).then_some(true)).collect();
-                Ok(ColumnarValue::Array(Arc::new(visible)))
-            }),
-        ));
+        let signature = Signature::exact(vec![DataType::Int32], Volatility::Stable);
+        ctx.register_udf(Fixed::udf(name, signature, DataType::Boolean, Answer::TrueUnlessNull));
     }
     // kfsql keeps everything in the default tablespace, whose location PostgreSQL reports as ''
     ctx.register_udf(create_udf(
@@ -119,83 +114,48 @@ pub fn size_pretty(bytes: i64) -> String {
     format!("{size} PB")
 }
 
-/// `pg_relation_is_publishable(relation)`: true for a table, whether the OID comes as a number or as text (psql
-/// passes a quoted literal, which PostgreSQL reads as `regclass`).
+/// A function whose answer does not depend on its arguments' values: NULL for each row, or true for each row
+/// whose first argument is not NULL. It takes the argument types PostgreSQL accepts (clients pass untyped
+/// parameters and quoted OIDs).
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct RelationIsPublishable {
+struct Fixed {
+    name: &'static str,
     signature: Signature,
+    returns: DataType,
+    answer: Answer,
 }
 
-impl RelationIsPublishable {
-    fn new() -> Self {
-        Self { signature: Signature::any(1, Volatility::Stable) }
+#[derive(Debug, PartialEq, Eq, Hash, Clone, Copy)]
+enum Answer {
+    Null,
+    TrueUnlessNull,
+}
+
+impl Fixed {
+    fn udf(name: &'static str, signature: Signature, returns: DataType, answer: Answer) -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self { name, signature, returns, answer })
     }
 }
 
-impl ScalarUDFImpl for RelationIsPublishable {
+impl ScalarUDFImpl for Fixed {
     fn name(&self) -> &str {
-        "pg_relation_is_publishable"
+        self.name
     }
     fn signature(&self) -> &Signature {
         &self.signature
     }
     fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Boolean)
+        Ok(self.returns.clone())
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let out: BooleanArray = (0..arrays[0].len()).map(|i| arrays[0].is_valid(i).then_some(true)).collect();
-        Ok(ColumnarValue::Array(Arc::new(out)))
-    }
-}
-
-/// `pg_table_size` / `pg_database_size` of a relation or database given by OID or name: unknown (NULL).
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct UnknownSize {
-    name: &'static str,
-    signature: Signature,
-}
-
-impl ScalarUDFImpl for UnknownSize {
-    fn name(&self) -> &str {
-        self.name
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Int64)
-    }
-    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        Ok(ColumnarValue::Scalar(ScalarValue::Int64(None)))
-    }
-}
-
-/// A `pg_get_*def` function for objects kfsql does not have: NULL for any argument list.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct NoDefinition {
-    name: &'static str,
-    signature: Signature,
-}
-
-impl NoDefinition {
-    fn new(name: &'static str) -> Self {
-        Self { name, signature: Signature::variadic_any(Volatility::Stable) }
-    }
-}
-
-impl ScalarUDFImpl for NoDefinition {
-    fn name(&self) -> &str {
-        self.name
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
+        match self.answer {
+            Answer::Null => Ok(ColumnarValue::Scalar(ScalarValue::try_from(&self.returns)?)),
+            Answer::TrueUnlessNull => {
+                let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+                let out: BooleanArray = (0..arrays[0].len()).map(|i| arrays[0].is_valid(i).then_some(true)).collect();
+                Ok(ColumnarValue::Array(Arc::new(out)))
+            }
+        }
     }
 }
 

@@ -131,7 +131,7 @@ pub fn decorrelatable(expr: &mut Expr, outer: Option<&Scope>) {
             // equalities. With at most one row found, `f(inner, outer)` is `f((lookup of inner), outer)`, and a
             // mixed condition is the same condition over the looked-up values, when the row exists.
             let value = e.clone();
-            let lookup = Lookup { from: &select.from, selection: select.selection.as_ref(), inner: &inner };
+            let lookup = Lookup::new(&select.from, select.selection.as_ref(), &inner);
             let mut guard = vec![lookup.exists()];
             guard.extend(mixed.iter().map(|m| lookup.lifted(m)));
             let condition = hoisted.iter().map(|h| h.to_string()).chain(guard).collect::<Vec<_>>().join(" AND ");
@@ -203,9 +203,17 @@ struct Lookup<'a> {
     from: &'a [TableWithJoins],
     selection: Option<&'a Expr>,
     inner: &'a HashSet<String>,
+    /// The lookup split per relation, when it splits (see [`Lookup::per_relation`]).
+    parts: Option<Vec<(String, String, Option<Expr>)>>,
 }
 
-impl Lookup<'_> {
+impl<'a> Lookup<'a> {
+    fn new(from: &'a [TableWithJoins], selection: Option<&'a Expr>, inner: &'a HashSet<String>) -> Self {
+        let mut lookup = Lookup { from, selection, inner, parts: None };
+        lookup.parts = lookup.per_relation();
+        lookup
+    }
+
     fn query(&self, value: &str) -> String {
         let from = self.from.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
         match self.selection {
@@ -237,7 +245,7 @@ impl Lookup<'_> {
 
     /// `(the lookup finds a row) > 0`, as a condition.
     fn exists(&self) -> String {
-        match self.per_relation() {
+        match &self.parts {
             Some(parts) => parts
                 .iter()
                 .map(|(_, from, w)| match w {
@@ -253,7 +261,7 @@ impl Lookup<'_> {
     /// The looked-up value of `part`: from its one relation when the lookup splits, else from the whole lookup.
     fn value(&self, part: &Expr) -> String {
         let value = format!("first_value({part})");
-        if let Some(parts) = self.per_relation()
+        if let Some(parts) = &self.parts
             && let Some(read) = relations_read(part, self.inner)
             && let [only] = read.as_slice()
             && let Some((_, from, w)) = parts.iter().find(|(n, _, _)| n == only)

@@ -196,5 +196,18 @@ pub async fn load(engine: &Engine, cluster: &KafkaCluster, transactions: usize, 
     if !engine.inner().latest().wait_caught_up(wait).await {
         tracing::warn!("the demo's latest views are still loading; see kfsql.freshness");
     }
+    // the embedded Kafka keeps only the newest 5 MiB of each partition: say so if the demo outgrew it
+    let truncated = engine.query("SELECT table_name FROM kfsql.table_stats WHERE history_truncated").await?;
+    for (_, batches, _) in truncated {
+        for b in batches {
+            let names = datafusion::arrow::array::AsArray::as_string::<i32>(b.column(0));
+            for name in names.iter().flatten() {
+                tracing::warn!(
+                    "table '{name}' lost its oldest messages (the embedded Kafka keeps the newest 5 MiB per partition): \
+                     queries over it say so with a NOTICE; use fewer --demo-transactions or a real Kafka"
+                );
+            }
+        }
+    }
     Ok(())
 }

@@ -16,8 +16,8 @@ use datafusion::error::Result as DfResult;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
-use datafusion::physical_plan::RecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{RecordBatchStream, collect, execute_stream};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{ObjectType, Statement as SqlStatement};
@@ -64,6 +64,27 @@ pub enum Output {
     Rows(SendableRecordBatchStream),
     /// A command tag such as `CREATE EXTERNAL TABLE` and, for DML, a row count.
     Command { tag: String, rows: Option<usize> },
+    /// Either of the above, with NOTICEs a client should see before it (e.g. history Kafka no longer holds).
+    Noticed { notices: Vec<String>, output: Box<Output> },
+}
+
+impl Output {
+    /// `output`, with `notices` attached when there are any.
+    pub fn with_notices(notices: Vec<String>, output: Output) -> Output {
+        if notices.is_empty() { output } else { Output::Noticed { notices, output: Box::new(output) } }
+    }
+
+    /// The notices, and the rows or command they came with.
+    pub fn take_notices(self) -> (Vec<String>, Output) {
+        match self {
+            Output::Noticed { mut notices, output } => {
+                let (more, output) = output.take_notices();
+                notices.extend(more);
+                (notices, output)
+            }
+            other => (Vec::new(), other),
+        }
+    }
 }
 
 impl std::fmt::Debug for Output {
@@ -71,6 +92,7 @@ impl std::fmt::Debug for Output {
         match self {
             Output::Rows(s) => write!(f, "Rows({:?})", s.schema()),
             Output::Command { tag, rows } => write!(f, "Command({tag}, {rows:?})"),
+            Output::Noticed { notices, output } => write!(f, "Noticed({notices:?}, {output:?})"),
         }
     }
 }
@@ -228,7 +250,11 @@ impl Engine {
     pub async fn query(&self, sql_text: &str) -> Result<Vec<(Option<SchemaRef>, Vec<RecordBatch>, String)>> {
         let mut out = Vec::new();
         for stmt in self.parse(sql_text)? {
-            match self.execute(stmt).await? {
+            let (notices, output) = self.execute(stmt).await?.take_notices();
+            for n in notices {
+                tracing::info!("NOTICE: {n}");
+            }
+            match output {
                 Output::Rows(stream) => {
                     let schema = stream.schema();
                     let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(KfsqlError::from_datafusion)?;
@@ -243,6 +269,7 @@ impl Engine {
                         None => tag,
                     },
                 )),
+                Output::Noticed { .. } => unreachable!("take_notices unwraps every notice"),
             }
         }
         Ok(out)
@@ -280,9 +307,16 @@ impl Engine {
         let (rows_tx, rows_rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);
         let inner = self.inner.clone();
         let task = query_runtime().spawn(async move {
-            match run(inner).await {
+            let (notices, output) = match run(inner).await {
+                Ok(o) => {
+                    let (n, o) = o.take_notices();
+                    (n, Ok(o))
+                }
+                Err(e) => (Vec::new(), Err(e)),
+            };
+            match output {
                 Ok(Output::Rows(mut stream)) => {
-                    if started_tx.send(Ok(Started::Rows(stream.schema()))).is_err() {
+                    if started_tx.send(Ok(Started::Rows(stream.schema(), notices))).is_err() {
                         return;
                     }
                     while let Some(batch) = stream.next().await {
@@ -292,7 +326,10 @@ impl Engine {
                     }
                 }
                 Ok(Output::Command { tag, rows }) => {
-                    let _ = started_tx.send(Ok(Started::Command { tag, rows }));
+                    let _ = started_tx.send(Ok(Started::Command { tag, rows, notices }));
+                }
+                Ok(Output::Noticed { .. }) => {
+                    let _ = started_tx.send(Err(KfsqlError::Internal("notices left wrapped".into())));
                 }
                 Err(e) => {
                     let _ = started_tx.send(Err(e));
@@ -305,25 +342,28 @@ impl Engine {
             .map_err(|_| KfsqlError::Timeout(timeout))?
             .map_err(|_| KfsqlError::Internal("the statement's task ended without an answer".into()))??;
         Ok(match started {
-            Started::Command { tag, rows } => Output::Command { tag, rows },
-            Started::Rows(schema) => Output::Rows(Box::pin(DeadlineStream {
-                inner: Box::pin(RecordBatchStreamAdapter::new(
-                    schema,
-                    tokio_stream::wrappers::ReceiverStream::new(rows_rx),
-                )),
-                sleep: Box::pin(tokio::time::sleep_until(deadline)),
-                timeout,
-                done: false,
-                _task: abort,
-            })),
+            Started::Command { tag, rows, notices } => Output::with_notices(notices, Output::Command { tag, rows }),
+            Started::Rows(schema, notices) => Output::with_notices(
+                notices,
+                Output::Rows(Box::pin(DeadlineStream {
+                    inner: Box::pin(RecordBatchStreamAdapter::new(
+                        schema,
+                        tokio_stream::wrappers::ReceiverStream::new(rows_rx),
+                    )),
+                    sleep: Box::pin(tokio::time::sleep_until(deadline)),
+                    timeout,
+                    done: false,
+                    _task: abort,
+                })),
+            ),
         })
     }
 }
 
 /// How a statement started on the query runtime.
 enum Started {
-    Rows(SchemaRef),
-    Command { tag: String, rows: Option<usize> },
+    Rows(SchemaRef, Vec<String>),
+    Command { tag: String, rows: Option<usize>, notices: Vec<String> },
 }
 
 /// Aborts a task when dropped.
@@ -558,27 +598,47 @@ impl EngineInner {
                     _ => "COPY",
                 }
                 .to_string();
-                let rows = count_from(&self.run_to_end(plan).await?);
-                Ok(Output::Command { tag, rows: Some(rows) })
+                let (batches, notices) = self.run_to_end(plan).await?;
+                Ok(Output::with_notices(notices, Output::Command { tag, rows: Some(count_from(&batches)) }))
             }
             LogicalPlan::Copy(_) => {
-                Ok(Output::Command { tag: "COPY".into(), rows: Some(count_from(&self.run_to_end(plan).await?)) })
+                let (batches, notices) = self.run_to_end(plan).await?;
+                Ok(Output::with_notices(
+                    notices,
+                    Output::Command { tag: "COPY".into(), rows: Some(count_from(&batches)) },
+                ))
             }
             LogicalPlan::Statement(_) => {
                 self.run_to_end(plan).await?;
                 Ok(Output::Command { tag: "SET".into(), rows: None })
             }
             plan => {
-                let df = self.ctx.execute_logical_plan(plan).await.map_err(KfsqlError::from_datafusion)?;
-                Ok(Output::Rows(df.execute_stream().await.map_err(KfsqlError::from_datafusion)?))
+                let (physical, task, notices) = self.physical(plan).await?;
+                let rows = execute_stream(physical, task).map_err(KfsqlError::from_datafusion)?;
+                Ok(Output::with_notices(notices, Output::Rows(rows)))
             }
         }
     }
 
-    /// Execute a plan whose result is a status (DDL, DML, COPY, SET), collecting it.
-    async fn run_to_end(&self, plan: LogicalPlan) -> Result<Vec<RecordBatch>> {
+    /// Run `plan` to its end, collecting its rows and the notices its reads give.
+    async fn run_to_end(&self, plan: LogicalPlan) -> Result<(Vec<RecordBatch>, Vec<String>)> {
+        let (physical, task, notices) = self.physical(plan).await?;
+        let batches = collect(physical, task).await.map_err(KfsqlError::from_datafusion)?;
+        Ok((batches, notices))
+    }
+
+    /// The physical plan of `plan`, the context to run it in, and the NOTICEs it gives: a scan of history Kafka no
+    /// longer holds is said before the rows (see [`crate::table::history`]).
+    async fn physical(
+        &self,
+        plan: LogicalPlan,
+    ) -> Result<(Arc<dyn datafusion::physical_plan::ExecutionPlan>, Arc<datafusion::execution::TaskContext>, Vec<String>)>
+    {
         let df = self.ctx.execute_logical_plan(plan).await.map_err(KfsqlError::from_datafusion)?;
-        df.collect().await.map_err(KfsqlError::from_datafusion)
+        let task = Arc::new(df.task_ctx());
+        let physical = df.create_physical_plan().await.map_err(KfsqlError::from_datafusion)?;
+        let notices = crate::table::history::in_plan(&physical).iter().map(|t| t.notice()).collect();
+        Ok((physical, task, notices))
     }
 
     /// Whether a CREATE of relation `name` goes ahead: false when it exists and IF NOT EXISTS makes that a no-op,
@@ -683,6 +743,21 @@ impl EngineInner {
 
     async fn drop_tables(&self, names: Vec<String>, if_exists: bool) -> Result<Output> {
         for full in names {
+            // only schema public holds droppable tables: latest.<t> is a view of Kafka table <t>, and kfsql,
+            // pg_catalog and information_schema are the system's
+            if let Some((schema, _)) = full.rsplit_once('.') {
+                let schema = schema.rsplit('.').next().unwrap_or(schema).trim_matches('"');
+                if schema != "public" {
+                    return Err(KfsqlError::PermissionDenied(format!(
+                        "\"{full}\" is in system schema \"{schema}\" and cannot be dropped{}",
+                        if schema == "latest" {
+                            " (a latest view follows its Kafka table: drop that, or declare it 'online' 'false')"
+                        } else {
+                            ""
+                        }
+                    )));
+                }
+            }
             let name = bare_name(&full);
             let is_kafka = self.defs.read().unwrap_or_else(|p| p.into_inner()).contains_key(&name);
             if is_kafka {

@@ -37,6 +37,10 @@ pub enum KfsqlError {
     /// An object that is not ready yet, e.g. a latest view still loading (55000).
     #[error("{0}")]
     NotReady(String),
+    /// Messages a query was reading were removed from Kafka under it (retention, DeleteRecords): PostgreSQL's
+    /// "snapshot too old" (72000), since a bounded read's snapshot is its offset ranges.
+    #[error("{0}")]
+    HistoryGone(String),
     /// The client is not allowed to do this (42501).
     #[error("permission denied: {0}")]
     PermissionDenied(String),
@@ -72,6 +76,7 @@ impl KfsqlError {
             KfsqlError::BadMessage(_) => "22P02",
             KfsqlError::PermissionDenied(_) => "42501",
             KfsqlError::NotReady(_) => "55000",
+            KfsqlError::HistoryGone(_) => "72000",
             KfsqlError::NotNullViolation(_) => "23502",
             KfsqlError::DataFusion(e) => datafusion_sqlstate(e),
             KfsqlError::Internal(_) => "XX000",
@@ -106,7 +111,16 @@ impl KfsqlError {
             KfsqlError::Unsupported(m) => KfsqlError::Unsupported(m.clone()),
             KfsqlError::NotReady(m) => KfsqlError::NotReady(m.clone()),
             KfsqlError::NotNullViolation(m) => KfsqlError::NotNullViolation(m.clone()),
-            _ => KfsqlError::Internal(msg),
+            KfsqlError::HistoryGone(m) => KfsqlError::HistoryGone(m.clone()),
+            KfsqlError::Syntax(m) => KfsqlError::Syntax(m.clone()),
+            KfsqlError::UndefinedColumn(m) => KfsqlError::UndefinedColumn(m.clone()),
+            KfsqlError::DuplicateTable(m) => KfsqlError::DuplicateTable(m.clone()),
+            KfsqlError::PermissionDenied(m) => KfsqlError::PermissionDenied(m.clone()),
+            KfsqlError::UnknownCursor(m) => KfsqlError::UnknownCursor(m.clone()),
+            KfsqlError::DuplicateCursor(m) => KfsqlError::DuplicateCursor(m.clone()),
+            // every variant is listed, so a new one cannot lose its SQLSTATE here unnoticed
+            KfsqlError::Internal(m) => KfsqlError::Internal(m.clone()),
+            KfsqlError::DataFusion(_) => KfsqlError::Internal(msg),
         }
     }
 

@@ -1,12 +1,15 @@
 //! The `kfsql` schema: system tables computed when they are read — `kfsql.tables` (every Kafka table and its
-//! options), `kfsql.table_stats` (what scans have read: messages, bytes, bad messages, tombstones, misrouted keys)
+//! options), `kfsql.table_stats` (what scans have read: messages, bytes, bad messages, tombstones, misrouted keys;
+//! and, asked of the brokers when read, each partition's log start offset and oldest event still held)
 //! `kfsql.freshness` (per latest view: readiness, consumer lag, newest event time applied and when) and
 //! `kfsql.pipelines` (per materialized view: state, input lag, rows in / out, late events, watermark, last error).
 
 use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::array::{
+    ArrayRef, Int64Builder, ListBuilder, RecordBatch, StringArray, TimestampNanosecondBuilder, UInt64Array,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, Session};
 use datafusion::datasource::{MemTable, TableProvider, TableType};
@@ -17,13 +20,21 @@ use datafusion::physical_plan::ExecutionPlan;
 use crate::engine::EngineInner;
 
 type BatchFn = fn(&EngineInner) -> DfResult<RecordBatch>;
+type AsyncBatchFn = fn(Arc<EngineInner>) -> futures::future::BoxFuture<'static, DfResult<RecordBatch>>;
+
+/// How a system table computes its rows: from the engine's state, or by also asking the brokers.
+#[derive(Debug, Clone, Copy)]
+enum Rows {
+    State(BatchFn),
+    Brokers(AsyncBatchFn),
+}
 
 /// A table whose rows are computed from the engine's state each time it is scanned.
 #[derive(Debug)]
 struct SystemTable {
     schema: SchemaRef,
     engine: Weak<EngineInner>,
-    rows: BatchFn,
+    rows: Rows,
 }
 
 #[async_trait]
@@ -43,7 +54,10 @@ impl TableProvider for SystemTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let engine =
             self.engine.upgrade().ok_or_else(|| DataFusionError::Execution("kfsql is shutting down".into()))?;
-        let batch = (self.rows)(&engine)?;
+        let batch = match self.rows {
+            Rows::State(f) => f(&engine)?,
+            Rows::Brokers(f) => f(engine).await?,
+        };
         MemTable::try_new(self.schema.clone(), vec![vec![batch]])?.scan(state, projection, filters, limit).await
     }
 }
@@ -53,19 +67,23 @@ pub fn schema(engine: Weak<EngineInner>) -> DfResult<Arc<dyn SchemaProvider>> {
     let s = MemorySchemaProvider::new();
     s.register_table(
         "tables".into(),
-        Arc::new(SystemTable { schema: tables_schema(), engine: engine.clone(), rows: tables_rows }),
+        Arc::new(SystemTable { schema: tables_schema(), engine: engine.clone(), rows: Rows::State(tables_rows) }),
     )?;
     s.register_table(
         "table_stats".into(),
-        Arc::new(SystemTable { schema: stats_schema(), engine: engine.clone(), rows: stats_rows }),
+        Arc::new(SystemTable {
+            schema: stats_schema(),
+            engine: engine.clone(),
+            rows: Rows::Brokers(|e| Box::pin(stats_rows(e))),
+        }),
     )?;
     s.register_table(
         "freshness".into(),
-        Arc::new(SystemTable { schema: freshness_schema(), engine: engine.clone(), rows: freshness_rows }),
+        Arc::new(SystemTable { schema: freshness_schema(), engine: engine.clone(), rows: Rows::State(freshness_rows) }),
     )?;
     s.register_table(
         "pipelines".into(),
-        Arc::new(SystemTable { schema: pipelines_schema(), engine, rows: pipelines_rows }),
+        Arc::new(SystemTable { schema: pipelines_schema(), engine, rows: Rows::State(pipelines_rows) }),
     )?;
     Ok(Arc::new(s))
 }
@@ -120,11 +138,59 @@ fn stats_schema() -> SchemaRef {
         u("bad_messages"),
         u("tombstones"),
         u("misrouted"),
+        Field::new("history_truncated", DataType::Boolean, true),
+        Field::new("log_start_offsets", DataType::List(Arc::new(Field::new("item", DataType::Int64, true))), true),
+        Field::new(
+            "oldest_event_times",
+            DataType::List(Arc::new(Field::new(
+                "item",
+                DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Nanosecond, None),
+                true,
+            ))),
+            true,
+        ),
     ]))
 }
 
-fn stats_rows(engine: &EngineInner) -> DfResult<RecordBatch> {
+async fn stats_rows(engine: Arc<EngineInner>) -> DfResult<RecordBatch> {
     let defs = engine.definitions();
+    // per table, per partition: what Kafka still holds (NULL when the brokers do not answer)
+    let histories = futures::future::join_all(defs.values().map(|d| {
+        let engine = engine.clone();
+        async move {
+            let table = engine.kafka_table(&d.name).await.ok()?;
+            let kafka = crate::table::provider::as_kafka(table.as_ref())?;
+            match crate::table::history::read(kafka).await {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!("kfsql.table_stats: the history of '{}': {e}", d.name);
+                    None
+                }
+            }
+        }
+    }))
+    .await;
+    let mut truncated = datafusion::arrow::array::BooleanBuilder::new();
+    let mut starts = ListBuilder::new(Int64Builder::new());
+    let mut oldest = ListBuilder::new(TimestampNanosecondBuilder::new());
+    for h in &histories {
+        match h {
+            Some(h) => {
+                truncated.append_value(h.iter().any(|p| p.log_start > 0));
+                for p in h {
+                    starts.values().append_value(p.log_start);
+                    oldest.values().append_option(p.oldest_event_ns);
+                }
+                starts.append(true);
+                oldest.append(true);
+            }
+            None => {
+                truncated.append_null();
+                starts.append(false);
+                oldest.append(false);
+            }
+        }
+    }
     let (mut names, mut topics) = (Vec::new(), Vec::new());
     let mut nums: Vec<Vec<u64>> = vec![Vec::new(); 6];
     for d in defs.values() {
@@ -137,6 +203,9 @@ fn stats_rows(engine: &EngineInner) -> DfResult<RecordBatch> {
     }
     let mut arrays: Vec<ArrayRef> = vec![Arc::new(StringArray::from(names)), Arc::new(StringArray::from(topics))];
     arrays.extend(nums.into_iter().map(|c| Arc::new(UInt64Array::from(c)) as ArrayRef));
+    arrays.push(Arc::new(truncated.finish()));
+    arrays.push(Arc::new(starts.finish()));
+    arrays.push(Arc::new(oldest.finish()));
     Ok(RecordBatch::try_new(stats_schema(), arrays)?)
 }
 

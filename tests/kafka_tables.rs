@@ -1,4 +1,4 @@
-//! Kafka tables end to end against a broker (Tansu when KFSQL_TEST_BROKERS is set, else the in-process mock):
+//! Kafka tables end to end against a broker (Apache Kafka when KFSQL_TEST_BROKERS is set, else the in-process mock):
 //! declaration, bounded scans, every pushdown checked against a full-scan oracle, bad messages, the catalog topic,
 //! and failures.
 
@@ -357,4 +357,43 @@ async fn insert_into_a_kafka_table_produces_keyed_messages_all_or_nothing() {
         .expect_err("null key from a query");
     assert_eq!(err.sqlstate(), "23502", "{err}");
     assert_eq!(common::scalar(&engine, "SELECT count(*) FROM tx").await, "4", "nothing written: {err}");
+}
+
+/// The embedded default (`cargo run --release`) keeps everything its demo writes: no table lost history to the mock
+/// cluster's 5 MiB-per-partition limit, the feature topic holds exactly the windows the same HOP query over the
+/// transactions finds (up to what the pipeline has emitted), and the training set finds features for exactly as many
+/// labels as the same ASOF join over that query (with the table's 2-hour TTL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_demo_keeps_everything_it_writes() {
+    let cluster = std::sync::Arc::new(KafkaCluster::embedded(1, Duration::from_secs(10)).expect("embedded Kafka"));
+    let engine = engine(&cluster, "_kfsql_catalog").await;
+    demo::load(&engine, &cluster, 20_000, 1_000).await.expect("demo");
+    let stats = rows(&engine, "SELECT table_name, history_truncated FROM kfsql.table_stats ORDER BY 1").await;
+    let names: Vec<&str> = stats.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(names, ["labels", "transactions", "user_daily_spend", "user_txn_features"]);
+    assert!(stats.iter().all(|r| r[1] == "false"), "history lost: {stats:?}");
+    let emitted = scalar(&engine, "SELECT emitted_until FROM kfsql.pipelines WHERE name = 'user_txn_features'").await;
+    let hop = format!(
+        "(SELECT user_id, window_end FROM HOP(transactions, event_time, INTERVAL '5 minutes', INTERVAL '1 hour') \
+         GROUP BY user_id, window_end HAVING window_end <= TIMESTAMP '{emitted}')"
+    );
+    let windows = scalar(&engine, &format!("SELECT count(*) FROM {hop}")).await;
+    let written = scalar(&engine, "SELECT count(DISTINCT (user_id, window_end)) FROM user_txn_features").await;
+    assert_eq!(written, windows, "windows written up to {emitted}");
+    assert!(windows.parse::<u64>().expect("count") > 100_000, "{windows} windows");
+    let from_topic = scalar(
+        &engine,
+        "SELECT count(f.window_end) FROM labels l \
+         ASOF JOIN user_txn_features f MATCH_CONDITION (l.event_time >= f.window_end) ON l.user_id = f.user_id",
+    )
+    .await;
+    let from_query = scalar(
+        &engine,
+        &format!(
+            "SELECT count(*) FILTER (WHERE l.event_time - h.window_end <= INTERVAL '2 hours') FROM labels l \
+             ASOF JOIN {hop} h MATCH_CONDITION (l.event_time >= h.window_end) ON l.user_id = h.user_id"
+        ),
+    )
+    .await;
+    assert_eq!(from_topic, from_query, "labels with features");
 }

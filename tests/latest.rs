@@ -286,15 +286,11 @@ async fn a_restarted_server_rebuilds_the_view_from_the_topic() {
     assert_eq!(f[3], msgs.len().to_string(), "the rebuild read every message: {f:?}");
 }
 
-/// Needs Tansu (KFSQL_TANSU_BIN): the broker is killed under a live view and restarted.
+/// Starts its own Apache Kafka (KFSQL_OWN_KAFKA): the broker is killed under a live view and restarted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_keeps_serving_and_catching_up_loses_nothing() {
-    let Some(bin) = common::tansu_bin() else { return };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-    let broker = common::Tansu::start(&bin, dir.path(), port);
-    let cluster =
-        Arc::new(KafkaCluster::connect(&format!("127.0.0.1:{port}"), Duration::from_secs(2), vec![]).expect("client"));
+    let Some(kafka) = common::OwnKafka::start(1) else { return };
+    let cluster = Arc::new(KafkaCluster::connect(&kafka.bootstrap, Duration::from_secs(2), vec![]).expect("client"));
     common::topic(&cluster, "online", 2).await;
     let now = chrono::Utc::now().timestamp_millis();
     let first: Vec<Produced> =
@@ -316,7 +312,7 @@ async fn a_broker_outage_keeps_serving_and_catching_up_loses_nothing() {
     wait_ready(&engine, "o").await;
     assert_eq!(common::scalar(&engine, "SELECT sum(score) FROM latest.o").await, "100");
 
-    drop(broker);
+    kafka.kill(1);
     // the view keeps serving its last values while staleness grows and the error is shown
     let start = Instant::now();
     loop {
@@ -330,7 +326,7 @@ async fn a_broker_outage_keeps_serving_and_catching_up_loses_nothing() {
     assert_eq!(common::scalar(&engine, "SELECT score FROM latest.o WHERE user_id = 'u7'").await, "1");
     assert_eq!(common::scalar(&engine, "SELECT count(*) FROM latest.o").await, "100");
 
-    let _broker = common::Tansu::start(&bin, dir.path(), port);
+    kafka.revive(1);
     let later = chrono::Utc::now().timestamp_millis();
     let second: Vec<Produced> =
         (0..150).map(|i| Produced { key: format!("u{i}"), value: Some((2, later)), arrival_ms: later }).collect();

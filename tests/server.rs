@@ -1,6 +1,6 @@
 //! The pg-wire server with a real Postgres client library (tokio-postgres): extended protocol with typed
 //! parameters and binary results, session statements, a client that vanishes mid-query, a CancelRequest, and a broker outage
-//! (with Tansu: the broker is killed and restarted under a live server).
+//! (with KFSQL_OWN_KAFKA: an Apache Kafka broker is killed and restarted under a live server).
 
 mod common;
 
@@ -148,23 +148,12 @@ async fn a_client_vanishing_mid_query_stops_its_scan() {
     assert_eq!(n, total as i64);
 }
 
-/// Needs the Tansu binary (KFSQL_TANSU_BIN, set by scripts/test.sh); without it there is no broker to take down.
+/// Starts its own Apache Kafka (KFSQL_OWN_KAFKA, set by scripts/test.sh) to take down and bring back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_gives_errors_within_the_timeout_and_the_server_recovers() {
-    let Ok(bin) = std::env::var("KFSQL_TANSU_BIN") else {
-        assert!(
-            std::env::var("KFSQL_REQUIRE_BROKER").is_err(),
-            "KFSQL_REQUIRE_BROKER is set but KFSQL_TANSU_BIN is not"
-        );
-        eprintln!("skipped: set KFSQL_TANSU_BIN to run the broker outage test");
-        return;
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-    let broker = common::Tansu::start(&bin, dir.path(), port);
+    let Some(kafka) = common::OwnKafka::start(1) else { return };
     let cluster = std::sync::Arc::new(
-        kfsql::kafka::KafkaCluster::connect(&format!("127.0.0.1:{port}"), Duration::from_secs(2), vec![])
-            .expect("client"),
+        kfsql::kafka::KafkaCluster::connect(&kafka.bootstrap, Duration::from_secs(2), vec![]).expect("client"),
     );
     common::topic(&cluster, "outage", 2).await;
     let msgs = (0..100).map(|i| common::Msg::new(&format!("k{i}"), &format!(r#"{{"k":"k{i}","v":{i}}}"#))).collect();
@@ -181,7 +170,7 @@ async fn broker_outage_gives_errors_within_the_timeout_and_the_server_recovers()
     let n: i64 = client.query_one("SELECT count(*) FROM o", &[]).await.expect("before").get(0);
     assert_eq!(n, 100);
 
-    drop(broker);
+    kafka.kill(1);
     let start = Instant::now();
     let err = client.query_one("SELECT count(*) FROM o", &[]).await.expect_err("broker is down");
     let took = start.elapsed();
@@ -192,7 +181,7 @@ async fn broker_outage_gives_errors_within_the_timeout_and_the_server_recovers()
     let one: i64 = client.query_one("SELECT 1::bigint", &[]).await.expect("still serving").get(0);
     assert_eq!(one, 1);
 
-    let _broker = common::Tansu::start(&bin, dir.path(), port);
+    kafka.revive(1);
     let start = Instant::now();
     loop {
         match client.query_one("SELECT count(*) FROM o", &[]).await {
@@ -421,4 +410,20 @@ async fn scram_passwords_and_a_read_only_role() {
     }
     let n: i64 = alice.query_one("SELECT count(*) FROM tx", &[]).await.expect("count").get(0);
     assert_eq!(n, 1, "bob's writes were refused before doing anything");
+}
+
+/// A placeholder number a client writes sizes the statement's parameter slots: past the 65 535 a Bind can carry it
+/// is refused (42P02) at Parse, and the server keeps serving, rather than allocating gigabytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placeholder_numbers_past_the_protocol_limit_are_refused() {
+    let addr = demo_server(10).await;
+    let client = connect(addr).await;
+    let err = client.prepare("SELECT $2000000000::int").await.expect_err("refused");
+    assert_eq!(err.code().map(|c| c.code()), Some("42P02"), "{err:?}");
+    let err = client.prepare("SELECT $65536::int").await.expect_err("refused");
+    assert_eq!(err.code().map(|c| c.code()), Some("42P02"), "{err:?}");
+    let ok = client.prepare("SELECT $3::int AS c").await.expect("three parameters are fine");
+    assert_eq!(ok.params().len(), 3);
+    let one: i64 = client.query_one("SELECT count(*) FROM tx", &[]).await.expect("still serving").get(0);
+    assert_eq!(one, 10);
 }

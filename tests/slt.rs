@@ -1,6 +1,6 @@
 //! sqllogictest: every `tests/slt/*.slt` file runs against a live kfsql over the Postgres wire protocol, the way
 //! DataFusion, RisingWave and Databend specify SQL behaviour. The server runs in this process on a free port, over
-//! the broker under test (Tansu with KFSQL_TEST_BROKERS, else the in-process mock), with the fraud demo loaded.
+//! the broker under test (Apache Kafka with KFSQL_TEST_BROKERS, else the in-process mock), with the fraud demo loaded.
 //! Errors surface as "SQLSTATE <code>: <message>" so files can assert the code.
 
 mod common;

@@ -49,7 +49,7 @@ pub fn partition_pairs(
 }
 
 /// How `plan` places the values of `key` (a column of its output) in its output partitions.
-fn key_partitioning(plan: &Arc<dyn ExecutionPlan>, key: &Arc<dyn PhysicalExpr>) -> Option<KeyPartitioning> {
+pub fn key_partitioning(plan: &Arc<dyn ExecutionPlan>, key: &Arc<dyn PhysicalExpr>) -> Option<KeyPartitioning> {
     let column = key.downcast_ref::<Column>()?.index();
     source_column(plan, column)
 }

@@ -29,7 +29,7 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::OnceCell;
 
-use super::copartition::{PartitionPair, partition_pairs};
+use super::copartition::{PartitionPair, key_partitioning, partition_pairs};
 use super::node::AsofOp;
 
 /// The ASOF join operator.
@@ -113,6 +113,14 @@ impl AsofJoinExec {
         tie: [Option<usize>; 2],
         schema: SchemaRef,
     ) -> Result<Self> {
+        if let Ok(f) = right.schema().field_with_name(HISTORY_COLUMN)
+            && f.data_type() != &DataType::Boolean
+        {
+            return Err(DataFusionError::Plan(format!(
+                "the ASOF join fills the right side's column {HISTORY_COLUMN}: it must be BOOLEAN, not {}",
+                f.data_type()
+            )));
+        }
         let pairs = partition_pairs(&left, &right, &left_keys, &right_keys);
         let partitioning = match &pairs {
             Some(_) => Partitioning::UnknownPartitioning(1),
@@ -162,6 +170,31 @@ impl DisplayAs for AsofJoinExec {
             write!(f, ", partition_wise=[{} Kafka partitions, one at a time]", pairs.len())?;
         }
         Ok(())
+    }
+}
+
+/// A right-side column the join fills: true where the left row found no match while history it might have matched
+/// is gone from Kafka, false otherwise.
+pub const HISTORY_COLUMN: &str = "_history_gone";
+
+impl AsofJoinExec {
+    /// The counter of left rows without history, when the right side reads truncated Kafka partitions.
+    fn without_history(&self, partition: usize) -> Option<WithoutHistory> {
+        let truncated: Vec<i32> = crate::table::history::in_plan(&self.right)
+            .into_iter()
+            .flat_map(|t| t.partitions.into_iter().map(|(p, _)| p))
+            .collect();
+        if truncated.is_empty() {
+            return None;
+        }
+        let placement = self.right_keys.iter().enumerate().find_map(|(i, k)| {
+            let kp = key_partitioning(&self.right, k)?;
+            Some((i, kp.partitioner, kp.partition_count, truncated.clone()))
+        });
+        Some(WithoutHistory {
+            count: MetricBuilder::new(&self.metrics).counter("left_without_history", partition),
+            placement,
+        })
     }
 }
 
@@ -231,6 +264,10 @@ impl ExecutionPlan for AsofJoinExec {
             op: self.op,
             ttl: self.ttl_nanos,
             schema: self.schema.clone(),
+            // a right side read from truncated Kafka partitions: count the left rows that found nothing to match,
+            // since a value Kafka no longer holds could have matched them (EXPLAIN ANALYZE: left_without_history)
+            without_history: self.without_history(partition),
+            history_column: self.right.schema().index_of(HISTORY_COLUMN).ok(),
         });
         let Some(pairs) = self.pairs.clone() else {
             let left = self.left.execute(partition, context.clone())?;
@@ -284,6 +321,29 @@ struct ProbeSpec {
     op: AsofOp,
     ttl: Option<i64>,
     schema: SchemaRef,
+    without_history: Option<WithoutHistory>,
+    /// The right side's [`HISTORY_COLUMN`], if it has one.
+    history_column: Option<usize>,
+}
+
+/// Counts left rows that found no right row to match while the right side's history is truncated.
+struct WithoutHistory {
+    count: datafusion::physical_plan::metrics::Count,
+    /// When the right key is a Kafka message key: which key column, how keys were placed, and the truncated
+    /// partitions; only rows whose key lives in one of those count. None: every unmatched row counts.
+    placement: Option<(usize, crate::kafka::Partitioner, i32, Vec<i32>)>,
+}
+
+impl WithoutHistory {
+    fn counts(&self, keys: &[ArrayRef], row: usize) -> bool {
+        let Some((column, partitioner, count, truncated)) = &self.placement else { return true };
+        let Some(key) =
+            keys.get(*column).and_then(|k| datafusion::arrow::array::AsArray::as_string_opt::<i32>(k.as_ref()))
+        else {
+            return true;
+        };
+        partitioner.partition_for(key.value(row).as_bytes(), *count).is_none_or(|p| truncated.contains(&p))
+    }
 }
 
 /// Probe every batch of `left` against `idx`; the stream owns the index and frees it when done.
@@ -292,9 +352,7 @@ fn probe_all(
     idx: Arc<RightIndex>,
     spec: Arc<ProbeSpec>,
 ) -> impl futures::Stream<Item = Result<RecordBatch>> + Send {
-    left.and_then(move |batch| {
-        futures::future::ready(probe(&idx, &batch, &spec.keys, &spec.time, spec.op, spec.ttl, &spec.schema))
-    })
+    left.and_then(move |batch| futures::future::ready(probe(&idx, &batch, &spec)))
 }
 
 /// Key columns in a type both sides can agree on: integers as Int64, dictionaries unpacked. (Strings keep their
@@ -410,15 +468,9 @@ async fn build_index(
     Ok(RightIndex { batch, groups, converter, key_types, _reservation: reservation })
 }
 
-fn probe(
-    idx: &RightIndex,
-    batch: &RecordBatch,
-    keys: &[Arc<dyn PhysicalExpr>],
-    time: &Arc<dyn PhysicalExpr>,
-    op: AsofOp,
-    ttl: Option<i64>,
-    schema: &SchemaRef,
-) -> Result<RecordBatch> {
+fn probe(idx: &RightIndex, batch: &RecordBatch, spec: &ProbeSpec) -> Result<RecordBatch> {
+    let ProbeSpec { keys, time, op, ttl, schema, without_history, history_column } = spec;
+    let (op, ttl) = (*op, *ttl);
     let n = batch.num_rows();
     let key_arrays = eval(keys, batch)?
         .into_iter()
@@ -428,20 +480,47 @@ fn probe(
     let rows = Keys::new(&key_arrays, &idx.converter)?;
     let times = time_values(time.evaluate(batch)?.into_array(n)?)?;
     let mut picks: Vec<Option<u32>> = Vec::with_capacity(n);
+    let mut gone = vec![false; if history_column.is_some() { n } else { 0 }];
     for i in 0..n {
         if times.is_null(i) || key_arrays.iter().any(|k| k.is_null(i)) {
             picks.push(None);
             continue;
         }
         let t = times.value(i);
-        picks.push(idx.groups.get(rows.get(i)).and_then(|g| pick(g, t, op, ttl)));
+        let group = idx.groups.get(rows.get(i));
+        let picked = group.and_then(|g| pick(g, t, op, ttl));
+        if let Some(w) = without_history
+            && picked.is_none()
+            && !group.is_some_and(|g| has_candidate(g, t, op))
+            && w.counts(&key_arrays, i)
+        {
+            w.count.add(1);
+            if let Some(g) = gone.get_mut(i) {
+                *g = true;
+            }
+        }
+        picks.push(picked);
     }
     let indices = UInt32Array::from(picks);
     let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-    for c in idx.batch.columns() {
-        columns.push(take(c.as_ref(), &indices, None)?);
+    for (j, c) in idx.batch.columns().iter().enumerate() {
+        if Some(j) == *history_column {
+            columns.push(Arc::new(datafusion::arrow::array::BooleanArray::from(std::mem::take(&mut gone))));
+        } else {
+            columns.push(take(c.as_ref(), &indices, None)?);
+        }
     }
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// Whether one key's sorted rows hold any row the condition allows for left time `t`, the TTL aside.
+fn has_candidate(g: &[(i64, u32)], t: i64, op: AsofOp) -> bool {
+    match op {
+        AsofOp::GtEq => g.first().is_some_and(|e| e.0 <= t),
+        AsofOp::Gt => g.first().is_some_and(|e| e.0 < t),
+        AsofOp::LtEq => g.last().is_some_and(|e| e.0 >= t),
+        AsofOp::Lt => g.last().is_some_and(|e| e.0 > t),
+    }
 }
 
 /// The matching row of one key's sorted rows for left time `t`.

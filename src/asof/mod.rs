@@ -5,6 +5,11 @@
 //! `ttl` on a Kafka right table, a right row further than the TTL from the left row counts as no match. `>`, `<=`,
 //! `<` mirror this (see DESIGN.md "ASOF join").
 //!
+//! When the right side reads Kafka partitions whose earlier messages are gone, the join counts the left rows that
+//! found nothing while history they might have matched is missing (`left_without_history` in EXPLAIN ANALYZE); a
+//! right side that carries a BOOLEAN column named [`HISTORY_COLUMN`] gets it filled per output row with that verdict
+//! (`ASOF JOIN (SELECT *, NULL::BOOLEAN AS _history_gone FROM features) f …`).
+//!
 //! How it plugs into DataFusion, which parses but cannot plan ASOF joins:
 //! 1. [`rewrite`]: an AST pass wraps every FROM item that contains an ASOF join in parentheses (a `NestedJoin`),
 //!    because DataFusion's relation planners see nested joins but not top-level join operators;
@@ -18,6 +23,6 @@ mod exec;
 mod node;
 mod plan;
 
-pub use exec::AsofJoinExec;
+pub use exec::{AsofJoinExec, HISTORY_COLUMN};
 pub use node::{AsofJoin, AsofOp};
 pub use plan::{AsofQueryPlanner, AsofRelationPlanner, rewrite};

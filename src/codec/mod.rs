@@ -1,13 +1,17 @@
-//! Message payloads → Arrow. One decoder per payload format; `json` today, the trait leaves room for Avro and
-//! Protobuf. Decoders never panic on bad bytes: each bad message is counted and handled by the table's
-//! [`BadMessagePolicy`].
+//! Messages → Arrow. One module per format: payloads ([`json`]) and keys ([`key`]); [`message`] puts a table's
+//! key and value decoders together. Decoders never panic on bad bytes: each bad message is counted and handled by
+//! the table's [`BadMessagePolicy`].
 
 pub mod json;
+pub mod key;
+pub mod message;
 
 use std::fmt;
 use std::str::FromStr;
 
 pub use json::JsonDecoder;
+pub use key::KeyFormat;
+pub use message::MessageDecoder;
 
 /// What a scan does with a message whose payload does not decode into the table's schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

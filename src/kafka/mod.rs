@@ -7,7 +7,7 @@ pub mod mock;
 pub mod partitioner;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -44,7 +44,7 @@ impl ConsumerContext for KfsqlContext {}
 pub fn is_transient(e: &KafkaError) -> bool {
     use RDKafkaErrorCode as C;
     let code = match e {
-        KafkaError::MessageConsumption(c) | KafkaError::Global(c) => *c,
+        KafkaError::MessageConsumption(c) | KafkaError::Global(c) | KafkaError::MetadataFetch(c) => *c,
         _ => return false,
     };
     matches!(
@@ -95,6 +95,15 @@ pub async fn await_deliveries(topic: &str, deliveries: Vec<DeliveryFuture>) -> R
 
 /// The consumer type kfsql uses everywhere (partitions are assigned, never subscribed).
 pub type KfsqlConsumer = BaseConsumer<KfsqlContext>;
+
+/// How long kfsql rides out a leader failover: Kafka notices a dead broker after its 9 s session timeout and then
+/// moves leadership. It is the least time a produced message may take to be acknowledged before it counts as
+/// failed, and how long a metadata call (watermarks, offsets by time, partition counts) keeps retrying while brokers
+/// answer but a partition has no reachable leader.
+pub const FAILOVER_BUDGET: Duration = Duration::from_secs(30);
+
+/// How long the "does the cluster still answer?" probe between metadata retries waits.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The low and high watermark of one partition: offsets `[low, high)` are readable now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,7 +168,8 @@ impl KafkaCluster {
             .set("partitioner", "murmur2_random")
             .set("acks", "all")
             .set("linger.ms", "5")
-            .set("message.timeout.ms", &timeout.as_millis().max(1000).to_string())
+            // long enough to ride out a leader failover (a dead broker is noticed after its 9 s session timeout)
+            .set("message.timeout.ms", &timeout.as_millis().max(FAILOVER_BUDGET.as_millis()).to_string())
             .create()
             .map_err(|e| KfsqlError::Kafka(format!("cannot create a producer for {bootstrap}: {e}")))?;
         Ok(Self { bootstrap, timeout, replication: 1, extra, metadata: Arc::new(metadata), producer, embedded })
@@ -214,12 +224,36 @@ impl KafkaCluster {
     }
 
     /// Run a blocking call on the metadata client off the async runtime; broker errors become clear messages.
+    ///
+    /// A call that fails transiently while the cluster still answers (a partition's leader died and Kafka has not
+    /// yet moved leadership: it notices a dead broker after its 9 s session timeout) is retried for up to
+    /// [`FAILOVER_BUDGET`], as the producer rides out the same failover. When no broker answers at all, the first
+    /// failure is the answer after a short probe, so a cluster that is down fails within one timeout plus
+    /// [`PROBE_TIMEOUT`].
     async fn on_metadata_client<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&KfsqlConsumer, Duration) -> std::result::Result<T, KafkaError> + Send + 'static,
+        f: impl Fn(&KfsqlConsumer, Duration) -> std::result::Result<T, KafkaError> + Send + 'static,
     ) -> Result<T> {
         let (md, timeout, bootstrap) = (self.metadata.clone(), self.timeout, self.bootstrap.clone());
-        blocking(move || f(&md, timeout).map_err(|e| unreachable_err(&bootstrap, timeout, e))).await
+        let budget = timeout.max(FAILOVER_BUDGET);
+        blocking(move || {
+            let start = Instant::now();
+            loop {
+                match f(&md, timeout) {
+                    Ok(v) => return Ok(v),
+                    Err(e)
+                        if is_transient(&e)
+                            && start.elapsed() + timeout <= budget
+                            && md.fetch_metadata(None, timeout.min(PROBE_TIMEOUT)).is_ok() =>
+                    {
+                        tracing::debug!("kafka: {e}; the cluster answers, so retrying while leadership moves");
+                        std::thread::sleep(Duration::from_millis(250));
+                    }
+                    Err(e) => return Err(unreachable_err(&bootstrap, timeout, e)),
+                }
+            }
+        })
+        .await
     }
 
     /// Number of partitions of `topic`; a clear error when the topic does not exist or brokers are unreachable.

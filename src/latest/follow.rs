@@ -17,7 +17,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::state::{Entry, LatestState};
 use super::view::LatestView;
-use crate::codec::JsonDecoder;
+use crate::codec::MessageDecoder;
 use crate::error::{KfsqlError, Result};
 use crate::kafka::{KfsqlConsumer, KfsqlContext};
 
@@ -55,7 +55,7 @@ pub struct Applied {
 /// Decodes messages of one table and applies them to a state.
 #[derive(Debug, Clone)]
 pub struct Applier {
-    pub decoder: JsonDecoder,
+    pub decoder: MessageDecoder,
     /// Index of the key column in the decoded payload.
     pub key_index: usize,
     /// Index of the event-time column, if the table declares one.
@@ -66,16 +66,20 @@ impl Applier {
     /// Apply `msgs` (in the order they were read) to `state`; payloads move into the state without a copy.
     pub fn apply(&self, msgs: Vec<Raw>, state: &mut LatestState) -> Applied {
         let mut out = Applied { messages: msgs.len() as u64, ..Default::default() };
+        let keep_keys = self.decoder.needs_keys();
         let rows = {
-            let payloads: Vec<&[u8]> = msgs.iter().filter_map(|m| m.payload.as_deref()).collect();
-            self.decode(&payloads, &mut out.bad)
+            let with_value = || msgs.iter().filter(|m| m.payload.is_some());
+            let payloads: Vec<&[u8]> = with_value().filter_map(|m| m.payload.as_deref()).collect();
+            let keys: Vec<Option<&[u8]>> =
+                if keep_keys { with_value().map(|m| m.key.as_deref()).collect() } else { Vec::new() };
+            self.decode(&keys, &payloads, &mut out.bad)
         };
         let mut rows = rows.into_iter();
         for m in msgs {
             let Some(payload) = m.payload else {
                 out.tombstones += 1;
                 if let Some(k) = &m.key {
-                    state.delete(&String::from_utf8_lossy(k));
+                    state.delete(&self.decoder.key_format().key_text(k));
                 }
                 continue;
             };
@@ -95,6 +99,7 @@ impl Applier {
                 partition: m.partition,
                 ts_ms: m.ts_ms.unwrap_or(super::state::NO_TIMESTAMP),
                 payload: payload.into_boxed_slice(),
+                key: if keep_keys { m.key.map(Vec::into_boxed_slice) } else { None },
             };
             state.upsert(&key, entry);
         }
@@ -102,11 +107,11 @@ impl Applier {
     }
 
     /// Per payload: its key text and event time, or None when it does not decode (counted in `bad`).
-    fn decode(&self, payloads: &[&[u8]], bad: &mut u64) -> Vec<Option<(String, Option<i64>)>> {
+    fn decode(&self, keys: &[Option<&[u8]>], payloads: &[&[u8]], bad: &mut u64) -> Vec<Option<(String, Option<i64>)>> {
         if payloads.is_empty() {
             return Vec::new();
         }
-        match self.decoder.decode(payloads) {
+        match self.decoder.decode(keys, payloads) {
             Ok(d) => {
                 *bad += d.bad;
                 let keys = cast(d.batch.column(self.key_index), &DataType::Utf8).ok();
@@ -134,7 +139,8 @@ impl Applier {
             // bad_messages = 'fail' stops scans, but a view must keep following: skip the bad ones
             Err(_) => payloads
                 .iter()
-                .map(|p| match self.decode(&[p], &mut 0) {
+                .enumerate()
+                .map(|(i, p)| match self.decode(keys.get(i..=i).unwrap_or(&[]), &[p], &mut 0) {
                     v if v.first().is_some_and(Option::is_some) => v.into_iter().next().flatten(),
                     _ => {
                         *bad += 1;

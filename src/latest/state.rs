@@ -18,6 +18,8 @@ pub struct Entry {
     pub ts_ms: i64,
     /// The JSON payload, exactly as in Kafka.
     pub payload: Box<[u8]>,
+    /// The message key, kept only when the table reads columns from it (a Kafka Streams windowed key).
+    pub key: Option<Box<[u8]>>,
 }
 
 impl Entry {
@@ -123,7 +125,7 @@ mod tests {
     use super::*;
 
     fn e(event_ns: i64, offset: i64, payload: &str) -> Entry {
-        Entry { event_ns, offset, partition: 0, ts_ms: NO_TIMESTAMP, payload: payload.as_bytes().into() }
+        Entry { event_ns, offset, partition: 0, ts_ms: NO_TIMESTAMP, payload: payload.as_bytes().into(), key: None }
     }
 
     #[test]

@@ -177,6 +177,11 @@ impl LatestView {
 
     fn batch(&self, picked: &[(&str, &Entry)]) -> Result<RecordBatch> {
         let payloads: Vec<&[u8]> = picked.iter().map(|(_, e)| &e.payload[..]).collect();
+        let keys: Vec<Option<&[u8]>> = if self.applier.decoder.needs_keys() {
+            picked.iter().map(|(_, e)| e.key.as_deref()).collect()
+        } else {
+            Vec::new()
+        };
         let n_payload = self.schema.fields().len() - 4;
         let mut columns: Vec<ArrayRef> = if payloads.is_empty() {
             self.schema.fields()[..n_payload]
@@ -187,7 +192,7 @@ impl LatestView {
             let d = self
                 .applier
                 .decoder
-                .decode(&payloads)
+                .decode(&keys, &payloads)
                 .map_err(|b| KfsqlError::Internal(format!("a stored value no longer decodes: {}", b.reason)))?;
             if d.batch.num_rows() != payloads.len() {
                 return Err(KfsqlError::Internal("stored values decoded to fewer rows".into()));

@@ -217,7 +217,7 @@ impl Pipeline {
             return Ok(false);
         }
         let exec = kafka
-            .scan_exec(parts.len() as i32, ranges.clone(), None, None, "pipeline round".into())
+            .scan_exec(parts.len() as i32, ranges.clone(), None, None, "pipeline round".into(), Vec::new())
             .map_err(KfsqlError::from_datafusion)?;
         let batches = datafusion::physical_plan::collect(Arc::new(exec), e.task_context())
             .await

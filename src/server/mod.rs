@@ -159,7 +159,18 @@ impl StartupHandler for Startup {
     {
         match self {
             Startup::Trust(t) => t.on_startup(client, message).await,
-            Startup::Scram(s) => s.on_startup(client, message).await,
+            // libpq leaves the SCRAM user name empty (the startup message names the user): say whose password failed
+            Startup::Scram(s) => match s.on_startup(client, message).await {
+                Err(PgWireError::InvalidPassword(_)) => {
+                    let user = client.metadata().get(pgwire::api::METADATA_USER).cloned().unwrap_or_default();
+                    Err(PgWireError::UserError(Box::new(pgwire::error::ErrorInfo::new(
+                        "FATAL".into(),
+                        "28P01".into(),
+                        format!("password authentication failed for user \"{user}\""),
+                    ))))
+                }
+                other => other,
+            },
         }
     }
 }
@@ -237,7 +248,8 @@ impl Handlers {
         format: &Format,
     ) -> PgWireResult<Response>
     where
-        C: ClientInfo + Send + Sync,
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         if let Some(cmd) = session::classify(&stmt) {
             if matches!(cmd, SessionCommand::Commit | SessionCommand::Rollback) {
@@ -255,9 +267,11 @@ impl Handlers {
         {
             let copy = copy.map_err(|m| to_pg(KfsqlError::Unsupported(m)))?;
             let query = DFStatement::Statement(Box::new(SqlStatement::Query(copy.query.clone())));
-            return match self.engine.execute(query).await.map_err(to_pg)? {
+            let (notices, output) = self.engine.execute(query).await.map_err(to_pg)?.take_notices();
+            notify(client, notices).await?;
+            return match output {
                 Output::Rows(rows) => copy.response(rows),
-                Output::Command { .. } => {
+                Output::Command { .. } | Output::Noticed { .. } => {
                     Err(to_pg(KfsqlError::Unsupported("COPY of a statement that returns no rows".into())))
                 }
             };
@@ -275,6 +289,8 @@ impl Handlers {
             None => self.engine.execute(stmt).await,
         }
         .map_err(to_pg)?;
+        let (notices, out) = out.take_notices();
+        notify(client, notices).await?;
         match out {
             Output::Rows(stream) => rows_response(client, stream, format, Some(self.cancel.statement(client))),
             Output::Command { tag, rows } => {
@@ -288,19 +304,21 @@ impl Handlers {
                 }
                 Ok(Response::Execution(t))
             }
+            Output::Noticed { .. } => Err(to_pg(KfsqlError::Internal("notices left wrapped".into()))),
         }
     }
 
     /// DECLARE, FETCH and CLOSE of a cursor (see [`cursor`]); None for any other statement.
     async fn cursor_statement<C>(
         &self,
-        client: &C,
+        client: &mut C,
         s: &SqlStatement,
         plan: &Option<LogicalPlan>,
         format: &Format,
     ) -> Option<PgWireResult<Response>>
     where
-        C: ClientInfo + Send + Sync,
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         Some(match s {
             SqlStatement::Declare { .. } => {
@@ -311,16 +329,24 @@ impl Handlers {
                     Some(plan) => Ok(plan.clone()),
                     None => self.engine.plan(DFStatement::Statement(Box::new(SqlStatement::Query(query)))).await,
                 };
-                let declared = match plan {
+                let executed = match plan {
                     Ok(plan) => self.engine.execute_plan(plan).await,
                     Err(e) => Err(e),
-                }
-                .and_then(|out| match out {
-                    Output::Rows(rows) => self.cursors.declare(client.socket_addr(), &name, rows, hold),
-                    Output::Command { .. } => {
-                        Err(KfsqlError::Unsupported("a cursor over a statement without rows".into()))
+                };
+                let declared = match executed.map(Output::take_notices) {
+                    Ok((notices, out)) => {
+                        if let Err(e) = notify(client, notices).await {
+                            return Some(Err(e));
+                        }
+                        match out {
+                            Output::Rows(rows) => self.cursors.declare(client.socket_addr(), &name, rows, hold),
+                            Output::Command { .. } | Output::Noticed { .. } => {
+                                Err(KfsqlError::Unsupported("a cursor over a statement without rows".into()))
+                            }
+                        }
                     }
-                });
+                    Err(e) => Err(e),
+                };
                 declared.map(|()| Response::Execution(Tag::new("DECLARE CURSOR"))).map_err(to_pg)
             }
             SqlStatement::Fetch { name, direction, .. } => {
@@ -380,6 +406,19 @@ impl Handlers {
             SessionCommand::NoOp(tag) => Response::Execution(Tag::new(tag)),
         }
     }
+}
+
+/// Send `notices` to the client as NoticeResponses (SQLSTATE 01000, warning), ahead of the statement's answer.
+async fn notify<C>(client: &mut C, notices: Vec<String>) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    for n in notices {
+        let info = pgwire::error::ErrorInfo::new("WARNING".into(), "01000".into(), n);
+        futures::SinkExt::feed(client, PgWireBackendMessage::NoticeResponse(info.into())).await?;
+    }
+    Ok(())
 }
 
 fn single_text_row(name: &str, value: &str, format: &Format) -> Response {
@@ -565,6 +604,9 @@ fn is_query(stmt: &DFStatement) -> bool {
 }
 
 /// The plan's parameter types in `$1, $2, …` order.
+/// The most parameters a Bind can carry (its count is an unsigned 16-bit field), as in PostgreSQL.
+const MAX_PARAMETERS: usize = 65_535;
+
 fn ordered_parameter_types(plan: Option<&LogicalPlan>) -> PgWireResult<Vec<Option<DataType>>> {
     let Some(plan) = plan else { return Ok(Vec::new()) };
     let types = plan.get_parameter_types().map_err(error::df_to_pg)?;
@@ -574,6 +616,14 @@ fn ordered_parameter_types(plan: Option<&LogicalPlan>) -> PgWireResult<Vec<Optio
         .collect();
     indexed.sort_by_key(|(i, _)| *i);
     let n = indexed.last().map(|(i, _)| *i).unwrap_or(0);
+    // the slots are sized by the highest placeholder a client wrote: bounded by what the protocol can bind
+    if n > MAX_PARAMETERS {
+        return Err(PgWireError::UserError(Box::new(pgwire::error::ErrorInfo::new(
+            "ERROR".into(),
+            "42P02".into(),
+            format!("there is no parameter ${n}: a statement binds at most {MAX_PARAMETERS} parameters"),
+        ))));
+    }
     let mut out = vec![None; n];
     for (i, t) in indexed {
         if i >= 1 {

@@ -9,7 +9,8 @@ use std::time::Duration;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{BadMessagePolicy, Format};
+use crate::codec::key::{WINDOW_END, WINDOW_START};
+use crate::codec::{BadMessagePolicy, Format, KeyFormat};
 use crate::error::{KfsqlError, Result};
 use crate::kafka::Partitioner;
 
@@ -24,8 +25,8 @@ pub const META_KEY: &str = "_key";
 pub const META_COLUMNS: [&str; 4] = [META_PARTITION, META_OFFSET, META_TIMESTAMP, META_KEY];
 
 /// The option names a Kafka table accepts.
-pub const KNOWN_OPTIONS: [&str; 8] =
-    ["format", "key", "event_time", "partitioner", "bad_messages", "ttl", "online", "key_format"];
+pub const KNOWN_OPTIONS: [&str; 9] =
+    ["format", "key", "event_time", "partitioner", "bad_messages", "ttl", "online", "key_format", "window_size"];
 
 /// A declared column, as persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,8 +64,9 @@ pub struct PipelineDefinition {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableOptions {
     pub format: Format,
-    /// The entity key column: its value (as UTF-8 text) is the Kafka message key.
+    /// The entity key column: its value, serialized by `key_format`, is the Kafka message key.
     pub key: Option<String>,
+    pub key_format: KeyFormat,
     /// The event-time column (a TIMESTAMP).
     pub event_time: Option<String>,
     pub partitioner: Partitioner,
@@ -79,12 +81,15 @@ impl TableOptions {
         let mut out = TableOptions {
             format: Format::Json,
             key: None,
+            key_format: KeyFormat::String,
             event_time: None,
             partitioner: Partitioner::Murmur2,
             bad_messages: BadMessagePolicy::Skip,
             ttl: None,
             online: false,
         };
+        let mut key_format: Option<&str> = None;
+        let mut window_size = None;
         for (k, v) in options {
             let invalid = |msg: String| KfsqlError::InvalidParameter(format!("option '{k}': {msg}"));
             match k.as_str() {
@@ -115,17 +120,42 @@ impl TableOptions {
                         other => return Err(invalid(format!("expected true or false, got '{other}'"))),
                     }
                 }
-                "key_format" => {
-                    if !v.eq_ignore_ascii_case("string") {
-                        return Err(invalid(format!(
-                            "key_format '{v}' is not supported: only 'string' (the key column as UTF-8 text)"
-                        )));
-                    }
+                "key_format" => key_format = Some(v.as_str()),
+                "window_size" => {
+                    let d = humantime::parse_duration(v.trim())
+                        .map_err(|e| invalid(format!("'{v}' is not a duration like '1 hour' ({e})")))?;
+                    window_size = Some(d);
                 }
                 other => {
                     return Err(KfsqlError::InvalidParameter(format!(
                         "unknown option '{other}' for a Kafka table; known options: {}",
                         KNOWN_OPTIONS.join(", ")
+                    )));
+                }
+            }
+        }
+        out.key_format = KeyFormat::parse(key_format.unwrap_or("string"), window_size)
+            .map_err(|m| KfsqlError::InvalidParameter(format!("option 'key_format': {m}")))?;
+        if out.key_format.carries_columns() {
+            let Some(key) = &out.key else {
+                return Err(KfsqlError::InvalidParameter(format!(
+                    "key_format '{}' needs a 'key' column to hold the key",
+                    out.key_format
+                )));
+            };
+            let text = |name: &str| payload.field_with_name(name).map(|f| f.data_type().clone()).ok();
+            if !matches!(text(key), Some(DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)) {
+                return Err(KfsqlError::InvalidParameter(format!(
+                    "with key_format '{}' the key column '{key}' must be VARCHAR",
+                    out.key_format
+                )));
+            }
+            for w in [WINDOW_START, WINDOW_END] {
+                if let Some(dt) = text(w)
+                    && !matches!(dt, DataType::Timestamp(_, _))
+                {
+                    return Err(KfsqlError::InvalidParameter(format!(
+                        "column '{w}' is read from the windowed key and must be a TIMESTAMP, not {dt}"
                     )));
                 }
             }

@@ -16,7 +16,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::scalar::ScalarValue;
 
-use crate::codec::JsonDecoder;
+use crate::codec::{JsonDecoder, MessageDecoder};
 use crate::error::{KfsqlError, Result};
 use crate::kafka::{KafkaCluster, Partitioner};
 use crate::table::definition::{META_OFFSET, META_PARTITION, TableDefinition, TableOptions, full_schema};
@@ -24,13 +24,24 @@ use crate::table::pushdown::{self, ScanBounds};
 use crate::table::scan::{KafkaScanExec, PartitionRange, ScanSpec};
 use crate::table::stats::TableStats;
 
+/// What a scan will read, decided at planning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanPlan {
+    pub partition_count: i32,
+    pub ranges: Vec<PartitionRange>,
+    /// What pushdown did, for EXPLAIN.
+    pub notes: Vec<String>,
+    /// Partitions whose read begins at a log start above 0 the query did not ask for: `(partition, log start)`.
+    pub truncated: Vec<(i32, i64)>,
+}
+
 /// A Kafka topic with a declared schema.
 #[derive(Debug)]
 pub struct KafkaTable {
     def: TableDefinition,
     options: TableOptions,
     schema: SchemaRef,
-    decoder: JsonDecoder,
+    decoder: MessageDecoder,
     cluster: Arc<KafkaCluster>,
     stats: Arc<TableStats>,
     stall_timeout: Duration,
@@ -47,7 +58,7 @@ impl KafkaTable {
     ) -> Result<Self> {
         let declared = def.payload_schema()?;
         let options = TableOptions::parse(&def.options, &declared)?;
-        let decoder = JsonDecoder::new(&declared, options.bad_messages);
+        let decoder = MessageDecoder::new(&declared, options.key_format, options.key.as_deref(), options.bad_messages);
         let schema = full_schema(&JsonDecoder::output_schema(&declared, options.bad_messages));
         let meta_defaults = vec![
             (META_PARTITION.to_string(), Expr::Literal(ScalarValue::Int32(Some(-1)), None)),
@@ -64,7 +75,7 @@ impl KafkaTable {
         &self.options
     }
 
-    pub fn decoder(&self) -> &JsonDecoder {
+    pub fn decoder(&self) -> &MessageDecoder {
         &self.decoder
     }
 
@@ -76,6 +87,10 @@ impl KafkaTable {
         &self.def.topic
     }
 
+    pub fn cluster(&self) -> &Arc<KafkaCluster> {
+        &self.cluster
+    }
+
     /// A scan of exactly `ranges` (a pipeline reads the offsets it has not read yet this way).
     pub fn scan_exec(
         &self,
@@ -84,6 +99,7 @@ impl KafkaTable {
         projection: Option<&Vec<usize>>,
         limit: Option<usize>,
         pushdown: String,
+        truncated: Vec<(i32, i64)>,
     ) -> DfResult<KafkaScanExec> {
         let projected_schema = match projection {
             Some(p) => Arc::new(self.schema.project(p)?),
@@ -93,7 +109,12 @@ impl KafkaTable {
             table: self.def.name.clone(),
             topic: self.def.topic.clone(),
             partition_count,
-            consumer_config: self.cluster.consumer_config(),
+            consumer_config: {
+                // a planned offset that retention removes before it is read is an error, never a silent jump
+                let mut c = self.cluster.consumer_config();
+                c.set("auto.offset.reset", "error");
+                c
+            },
             decoder: self.decoder.clone(),
             payload_columns: self.schema.fields().len() - 4,
             projection: projection.cloned(),
@@ -104,12 +125,13 @@ impl KafkaTable {
             stall_timeout: self.stall_timeout,
             stats: self.stats.clone(),
             pushdown,
+            truncated,
         };
         Ok(KafkaScanExec::new(spec, ranges))
     }
 
     /// The offset ranges a scan with these bounds reads, as of now.
-    pub async fn plan_ranges(&self, bounds: &ScanBounds) -> Result<(i32, Vec<PartitionRange>, Vec<String>)> {
+    pub async fn plan_ranges(&self, bounds: &ScanBounds) -> Result<ScanPlan> {
         let topic = &self.def.topic;
         let count = self.cluster.partition_count(topic).await?;
         let mut notes = Vec::new();
@@ -138,7 +160,7 @@ impl KafkaTable {
         }
         let parts: Vec<i32> = parts.into_iter().collect();
         if parts.is_empty() {
-            return Ok((count, Vec::new(), notes));
+            return Ok(ScanPlan { partition_count: count, ranges: Vec::new(), notes, truncated: Vec::new() });
         }
         let marks = self.cluster.watermarks(topic, &parts).await?;
         let from_time = match bounds.timestamp_min_ms {
@@ -158,6 +180,7 @@ impl KafkaTable {
         if let Some(o) = bounds.offset_end {
             notes.push(format!("_offset < {o}"));
         }
+        let mut truncated = Vec::new();
         let ranges = parts
             .iter()
             .enumerate()
@@ -170,10 +193,15 @@ impl KafkaTable {
                     start = start.max(answers[i].unwrap_or(wm.high));
                 }
                 let end = wm.high.min(bounds.offset_end.unwrap_or(i64::MAX));
+                // the read begins at a log start above 0 that the query's bounds did not ask for: earlier messages
+                // it wanted are gone (see table::history)
+                if wm.low > 0 && start == wm.low && bounds.offset_min.unwrap_or(0) < wm.low {
+                    truncated.push((partition, wm.low));
+                }
                 PartitionRange { partition, start, end: end.max(start) }
             })
             .collect();
-        Ok((count, ranges, notes))
+        Ok(ScanPlan { partition_count: count, ranges, notes, truncated })
     }
 }
 
@@ -202,6 +230,13 @@ impl TableProvider for KafkaTable {
         input: Arc<dyn ExecutionPlan>,
         insert_op: InsertOp,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if self.options.key_format.carries_columns() {
+            return Err(KfsqlError::Unsupported(format!(
+                "INSERT into '{}': its key_format '{}' belongs to the application that writes the topic",
+                self.def.name, self.options.key_format
+            ))
+            .into_datafusion());
+        }
         if insert_op != InsertOp::Append {
             return Err(KfsqlError::Unsupported(format!(
                 "{insert_op} on a Kafka table: a topic is append-only (use INSERT INTO)"
@@ -232,8 +267,16 @@ impl TableProvider for KafkaTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let bounds = pushdown::bounds(filters, self.options.key.as_deref());
-        let (count, ranges, notes) = self.plan_ranges(&bounds).await.map_err(KfsqlError::into_datafusion)?;
-        Ok(Arc::new(self.scan_exec(count, ranges, projection, limit, notes.join("; "))?))
+        let plan = self.plan_ranges(&bounds).await.map_err(KfsqlError::into_datafusion)?;
+        let exec = self.scan_exec(
+            plan.partition_count,
+            plan.ranges,
+            projection,
+            limit,
+            plan.notes.join("; "),
+            plan.truncated,
+        )?;
+        Ok(Arc::new(exec))
     }
 }
 

@@ -24,11 +24,12 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::codec::JsonDecoder;
+use crate::codec::MessageDecoder;
 use crate::error::KfsqlError;
 use crate::kafka::{KfsqlConsumer, KfsqlContext, Partitioner};
 use crate::table::stats::TableStats;
@@ -51,7 +52,7 @@ pub struct ScanSpec {
     pub topic: String,
     pub partition_count: i32,
     pub consumer_config: ClientConfig,
-    pub decoder: JsonDecoder,
+    pub decoder: MessageDecoder,
     /// Number of payload columns; metadata columns follow them in the full schema.
     pub payload_columns: usize,
     /// Indices into the full schema; None: all.
@@ -66,6 +67,8 @@ pub struct ScanSpec {
     pub stats: Arc<TableStats>,
     /// What pushdown did, for EXPLAIN.
     pub pushdown: String,
+    /// Partitions read from a log start above 0 that the query did not ask for: `(partition, log start)`.
+    pub truncated: Vec<(i32, i64)>,
 }
 
 /// How a scan's output partitions hold keys (see [`KafkaScanExec::key_partitioning`]).
@@ -128,6 +131,15 @@ impl KafkaScanExec {
         })
     }
 
+    /// The partitions this scan reads whose earlier messages Kafka no longer holds, if any.
+    pub fn truncation(&self) -> Option<crate::table::history::Truncation> {
+        (!self.spec.truncated.is_empty()).then(|| crate::table::history::Truncation {
+            table: self.spec.table.clone(),
+            topic: self.spec.topic.clone(),
+            partitions: self.spec.truncated.clone(),
+        })
+    }
+
     /// Messages this scan will read at most.
     pub fn message_count(&self) -> i64 {
         self.ranges.iter().map(|r| (r.end - r.start).max(0)).sum()
@@ -162,6 +174,10 @@ impl DisplayAs for KafkaScanExec {
         }
         if let Some(l) = self.spec.limit {
             write!(f, ", limit={l}")?;
+        }
+        if !self.spec.truncated.is_empty() {
+            let parts: Vec<String> = self.spec.truncated.iter().map(|(p, o)| format!("{p}:{o}")).collect();
+            write!(f, ", history_truncated=[{}]", parts.join(", "))?;
         }
         Ok(())
     }
@@ -225,6 +241,8 @@ struct Pending {
     offsets: Vec<i64>,
     timestamps: Vec<Option<i64>>,
     keys: StringBuilder,
+    /// The raw message keys, when the table reads columns from them.
+    raw_keys: Vec<Option<Box<[u8]>>>,
 }
 
 impl Pending {
@@ -235,6 +253,7 @@ impl Pending {
             offsets: Vec::with_capacity(BATCH_SIZE),
             timestamps: Vec::with_capacity(BATCH_SIZE),
             keys: StringBuilder::with_capacity(BATCH_SIZE, BATCH_SIZE * 8),
+            raw_keys: Vec::new(),
         }
     }
 
@@ -310,6 +329,15 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// The consumer's fetch position in this partition: the offset of the next message it will deliver.
+    fn position(&self) -> Option<i64> {
+        let tpl = self.consumer.position().ok()?;
+        match tpl.find_partition(&self.spec.topic, self.range.partition)?.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        }
+    }
+
     fn run(&mut self, tx: &mpsc::Sender<DfResult<RecordBatch>>) -> Result<(), KfsqlError> {
         let (spec, range) = (self.spec, self.range);
         loop {
@@ -325,7 +353,29 @@ impl Reader<'_> {
                         )));
                     }
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                // The broker says the partition ends before the watermark this scan planned to: a new consumer
+                // can be told so before its first fetch lands. Keep reading; the stall timeout bounds the wait.
+                // End of what the broker holds. Done if that reaches the planned end (the last offsets may be
+                // control records no message is delivered for); otherwise the consumer was told so before its
+                // first fetch landed, and reading goes on, bounded by the stall timeout.
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    if self.position().is_some_and(|p| p >= range.end) {
+                        break;
+                    }
+                    tracing::debug!(
+                        "{}[{}]: end of partition before offset {}",
+                        spec.topic,
+                        range.partition,
+                        range.end
+                    );
+                }
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                    return Err(KfsqlError::HistoryGone(format!(
+                        "offset {} of {}[{}] is no longer in Kafka (retention or DeleteRecords removed it while the \
+                         query read offsets {}..{}); run the query again to read what the partition still holds",
+                        self.next, spec.topic, range.partition, range.start, range.end
+                    )));
+                }
                 // librdkafka reconnects by itself: a dropped connection only ends the scan if no data comes back
                 // before the stall timeout
                 Some(Err(e)) if crate::kafka::is_transient(&e) => {
@@ -349,8 +399,12 @@ impl Reader<'_> {
                     self.next = offset + 1;
                     self.counts.messages += 1;
                     let key = m.key();
+                    let key_format = spec.decoder.key_format();
                     if let Some(k) = key
-                        && spec.partitioner.partition_for(k, spec.partition_count).is_some_and(|p| p != range.partition)
+                        && spec
+                            .partitioner
+                            .partition_for(key_format.partition_bytes(k), spec.partition_count)
+                            .is_some_and(|p| p != range.partition)
                     {
                         self.counts.misrouted += 1;
                     }
@@ -364,8 +418,11 @@ impl Reader<'_> {
                     self.pending.offsets.push(offset);
                     self.pending.timestamps.push(m.timestamp().to_millis());
                     match key {
-                        Some(k) => self.pending.keys.append_value(String::from_utf8_lossy(k)),
+                        Some(k) => self.pending.keys.append_value(key_format.key_text(k)),
                         None => self.pending.keys.append_null(),
+                    }
+                    if spec.decoder.needs_keys() {
+                        self.pending.raw_keys.push(key.map(Into::into));
                     }
                     if self.pending.len() >= BATCH_SIZE {
                         let batch =
@@ -395,7 +452,8 @@ fn decode(spec: &ScanSpec, partition: i32, mut p: Pending) -> Result<RecordBatch
         slices.push(&p.payload[start..end]);
         start = end;
     }
-    let decoded = spec.decoder.decode(&slices).map_err(|bad| {
+    let keys: Vec<Option<&[u8]>> = p.raw_keys.iter().map(|k| k.as_deref()).collect();
+    let decoded = spec.decoder.decode(&keys, &slices).map_err(|bad| {
         KfsqlError::BadMessage(format!(
             "message at {}[{}] offset {} does not match table '{}': {} (the table has bad_messages = 'fail'; declare 'skip' or 'null' to read past it)",
             spec.topic,

@@ -1,7 +1,7 @@
-"""Replays ../shared/pg-client-corpus: every statement psql, pgjdbc, Spark, psycopg 3, psycopg2, SQLAlchemy, pandas and
+"""Replays tests/clients/corpus: every statement psql, pgjdbc, Spark, psycopg 3, psycopg2, SQLAlchemy, pandas and
 node-pg sent to a real PostgreSQL 15, sent to kfsql instead, for kfsql's own tables. Run by scripts/test.sh:
 
-    python3 tests/clients/corpus_replay.py 'host=127.0.0.1 port=5433 user=kfsql dbname=kfsql' ../shared/pg-client-corpus
+    python3 tests/clients/corpus_replay.py 'host=127.0.0.1 port=5433 user=kfsql dbname=kfsql' tests/clients/corpus
 
 The corpus was captured on a database with tables `customers`, `orders` and a view `big_customers`. Catalog statements
 are replayed with those names (in literals, regexes and parameters) and their OIDs replaced by kfsql's `transactions`
@@ -112,6 +112,7 @@ def main():
         print(f"    {one_line[:400]}{' …' if len(one_line) > 400 else ''}  params={params}")
     print(f"corpus replay: {replayed - len(failures)} of {replayed} statements from {len(files)} clients answered "
           f"({skipped} reading the corpus tables' rows skipped)")
+    print(f"corpus: {replayed - len(failures)} passed, {len(failures)} failed")
     return min(len(failures), 100)
 
 

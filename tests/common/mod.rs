@@ -1,5 +1,6 @@
-//! Shared test fixtures: a Kafka cluster (the broker named by KFSQL_TEST_BROKERS, e.g. Tansu started by
-//! scripts/test.sh, or else a fresh in-process mock cluster), unique topic names, engines and producers.
+//! Shared test fixtures: a Kafka cluster (the broker named by KFSQL_TEST_BROKERS, Apache Kafka started by
+//! scripts/test.sh, or else a fresh in-process mock cluster), clusters a test owns and kills brokers of
+//! ([`OwnKafka`]), unique topic names, engines and producers.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -141,56 +142,99 @@ pub fn create_table_sql(name: &str, topic: &str, extra_options: &str) -> String 
     )
 }
 
-/// A Tansu broker this test owns (started on `port`, data in `dir`), killed when dropped.
-pub struct Tansu {
-    child: std::process::Child,
+/// An Apache Kafka cluster this test owns: `scripts/kafka.sh` run in a temporary directory (1 or 3 KRaft nodes on
+/// free loopback ports), stopped when dropped. Tests that kill and restart brokers use it.
+pub struct OwnKafka {
+    dir: tempfile::TempDir,
+    pub bootstrap: String,
 }
 
-impl Tansu {
-    pub fn start(bin: &str, dir: &std::path::Path, port: u16) -> Tansu {
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = std::process::Command::new(bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "sqlite://tansu.db",
-            ])
-            .current_dir(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        let start = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < std::time::Duration::from_secs(10), "tansu did not start");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        Tansu { child }
+impl OwnKafka {
+    /// Starts a cluster of `nodes` nodes when KFSQL_OWN_KAFKA is set (scripts/test.sh sets it); otherwise the test is
+    /// skipped, unless KFSQL_REQUIRE_BROKER is set too, which makes a skip a failure.
+    pub fn start(nodes: u32) -> Option<OwnKafka> {
+        required_env("KFSQL_OWN_KAFKA", "permission to start its own Apache Kafka, as scripts/test.sh gives")?;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Self::script(&["start", "-n", &nodes.to_string(), &dir.path().to_string_lossy()]);
+        let bootstrap = out.lines().last().expect("bootstrap list").trim().to_string();
+        Some(OwnKafka { dir, bootstrap })
+    }
+
+    fn script(args: &[&str]) -> String {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
+        let out = std::process::Command::new("bash").arg(script).args(args).output().expect("run scripts/kafka.sh");
+        assert!(
+            out.status.success(),
+            "scripts/kafka.sh {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn path(&self) -> String {
+        self.dir.path().to_string_lossy().into_owned()
+    }
+
+    /// SIGKILL node `node` (1-based), as a crash would.
+    pub fn kill(&self, node: u32) {
+        Self::script(&["kill", &node.to_string(), &self.path()]);
+    }
+
+    /// Start node `node` again on its port and data, and wait until it serves.
+    pub fn revive(&self, node: u32) {
+        Self::script(&["revive", &node.to_string(), &self.path()]);
+    }
+
+    /// The node id (1-based) that leads `topic`'s partition, from the cluster's metadata.
+    pub fn leader(&self, cluster: &KafkaCluster, topic: &str, partition: i32) -> u32 {
+        use rdkafka::consumer::Consumer;
+        let client: rdkafka::consumer::BaseConsumer = cluster.consumer_config().create().expect("client");
+        let md = client.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+        let t = md.topics().iter().find(|t| t.name() == topic).expect("topic in metadata");
+        let p = t.partitions().iter().find(|p| p.id() == partition).expect("partition in metadata");
+        p.leader() as u32
     }
 }
 
-impl Drop for Tansu {
+impl Drop for OwnKafka {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
+        let _ = std::process::Command::new("bash").arg(script).args(["stop", &self.path()]).output();
     }
 }
 
-/// The Tansu binary to start and stop brokers with (KFSQL_TANSU_BIN, set by scripts/test.sh), or None to skip.
-pub fn tansu_bin() -> Option<String> {
-    match std::env::var("KFSQL_TANSU_BIN") {
-        Ok(bin) => Some(bin),
-        Err(_) => {
+/// The broker under test when it is a real one (KFSQL_TEST_BROKERS), for tests of what only a real Kafka does
+/// (topic configs, retention, compaction, LogAppendTime). None skips the test, unless KFSQL_REQUIRE_BROKER is set.
+pub fn real_cluster() -> Option<Arc<KafkaCluster>> {
+    required_env("KFSQL_TEST_BROKERS", "a real broker").map(|_| cluster())
+}
+
+/// The value of `var`, which a test needs (`what` it names). When it is unset the test is skipped, unless
+/// KFSQL_REQUIRE_BROKER is set (scripts/test.sh sets it): then a skip is a failure, so CI never passes by skipping.
+pub fn required_env(var: &str, what: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
             assert!(
                 std::env::var("KFSQL_REQUIRE_BROKER").is_err(),
-                "KFSQL_REQUIRE_BROKER is set but KFSQL_TANSU_BIN is not"
+                "KFSQL_REQUIRE_BROKER is set but {var} ({what}) is not"
             );
-            eprintln!("skipped: set KFSQL_TANSU_BIN to run broker outage tests");
+            eprintln!("skipped: needs {what} (set {var})");
             None
         }
     }
+}
+
+/// Run one of Apache Kafka's own command-line tools (a main class of the Kafka jars scripts/kafka.sh fetched) and
+/// return what it printed.
+pub fn kafka_tool(class: &str, args: &[&str]) -> String {
+    let lib = concat!(env!("CARGO_MANIFEST_DIR"), "/target/kafka/lib/*");
+    let out = std::process::Command::new("java")
+        .args(["-Xmx256m", "-cp", lib, class])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {class}: {e}"));
+    assert!(out.status.success(), "{class} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -153,6 +153,7 @@ impl Engine {
             db.register_schema("pg_catalog", pg)?;
         }
         sql::pg_functions::register(&ctx);
+        sql::bounded::register(&ctx);
         ctx.register_relation_planner(Arc::new(crate::asof::AsofRelationPlanner))?;
         let catalog = CatalogStore::new(cluster.clone(), &config.catalog_topic);
         let pipelines = crate::pipeline::Pipelines::new(crate::pipeline::checkpoint::CheckpointStore::new(
@@ -235,6 +236,7 @@ impl Engine {
     /// The rewrites that give Postgres meaning to what DataFusion reads differently happen when a statement is
     /// prepared for planning.
     pub fn parse(&self, sql_text: &str) -> Result<Vec<DFStatement>> {
+        sql::check_nesting(sql_text)?;
         match sql::parse(sql_text) {
             Ok(stmts) => Ok(stmts.into_iter().collect()),
             Err(first) => datafusion::sql::sqlparser::parser::Parser::parse_sql(
@@ -283,12 +285,23 @@ impl Engine {
 
     /// Run one statement under the query timeout.
     pub async fn execute(&self, stmt: DFStatement) -> Result<Output> {
-        self.with_deadline(move |inner| Box::pin(async move { inner.execute(stmt).await })).await
+        self.execute_within(stmt, None).await
+    }
+
+    /// Run one statement under the query timeout, or under `limit` when that is shorter (a session's
+    /// `statement_timeout`: a client may shorten the server's limit, never lift it).
+    pub async fn execute_within(&self, stmt: DFStatement, limit: Option<Duration>) -> Result<Output> {
+        self.with_deadline(limit, move |inner| Box::pin(async move { inner.execute(stmt).await })).await
     }
 
     /// Run an already-planned statement (extended protocol: plan once at Parse, execute at Execute).
     pub async fn execute_plan(&self, plan: LogicalPlan) -> Result<Output> {
-        self.with_deadline(move |inner| Box::pin(async move { inner.run_plan(plan).await })).await
+        self.execute_plan_within(plan, None).await
+    }
+
+    /// [`Self::execute_plan`] under `limit` when that is shorter than the query timeout.
+    pub async fn execute_plan_within(&self, plan: LogicalPlan, limit: Option<Duration>) -> Result<Output> {
+        self.with_deadline(limit, move |inner| Box::pin(async move { inner.run_plan(plan).await })).await
     }
 
     /// Run a statement on the query runtime under the query timeout.
@@ -299,9 +312,10 @@ impl Engine {
     /// gone) aborts the statement's task.
     async fn with_deadline(
         &self,
+        limit: Option<Duration>,
         run: impl FnOnce(Arc<EngineInner>) -> futures::future::BoxFuture<'static, Result<Output>> + Send + 'static,
     ) -> Result<Output> {
-        let timeout = self.inner.config.query_timeout;
+        let timeout = limit.map_or(self.inner.config.query_timeout, |l| l.min(self.inner.config.query_timeout));
         let deadline = tokio::time::Instant::now() + timeout;
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Result<Started>>();
         let (rows_tx, rows_rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);
@@ -586,6 +600,7 @@ impl EngineInner {
                 self.create_kafka_table(&cmd).await
             }
             LogicalPlan::Ddl(ddl) => {
+                allowed_ddl(&ddl)?;
                 let tag = ddl_tag(&ddl);
                 self.run_to_end(LogicalPlan::Ddl(ddl)).await?;
                 Ok(Output::Command { tag, rows: None })
@@ -773,8 +788,48 @@ impl EngineInner {
     }
 }
 
-/// Resolve a COPY target inside the export directory, refusing anything that would leave it.
+/// The schemas the system owns: no client may drop them.
+const SYSTEM_SCHEMAS: &[&str] = &["public", "latest", "kfsql", "pg_catalog", "information_schema"];
+
+/// Whether a client may run this DDL (Kafka tables and materialized views are handled before it).
+///
+/// kfsql's relations are Kafka topics and the views over them: a file-backed external table would read the server's
+/// files (`STORED AS CSV LOCATION '/etc/passwd'`) and an in-memory table would hold a client's rows in the server's
+/// memory, outside Kafka and lost on restart, so both are refused. System schemas cannot be dropped.
+fn allowed_ddl(ddl: &DdlStatement) -> Result<()> {
+    match ddl {
+        DdlStatement::CreateExternalTable(cmd) => Err(KfsqlError::PermissionDenied(format!(
+            "tables are Kafka topics: STORED AS KAFKA (STORED AS {} would read files on the server)",
+            cmd.file_type
+        ))),
+        DdlStatement::CreateMemoryTable(_) => Err(KfsqlError::Unsupported(
+            "CREATE TABLE: kfsql's tables are Kafka topics; declare one with CREATE EXTERNAL TABLE … STORED AS KAFKA, \
+             or write a query's rows to a topic with CREATE MATERIALIZED VIEW"
+                .into(),
+        )),
+        DdlStatement::CreateFunction(_) | DdlStatement::DropFunction(_) | DdlStatement::CreateIndex(_) => {
+            Err(KfsqlError::Unsupported(format!("{} (kfsql has no user-defined functions or indexes)", ddl_tag(ddl))))
+        }
+        DdlStatement::DropCatalogSchema(drop) if SYSTEM_SCHEMAS.contains(&drop.name.schema_name()) => {
+            Err(KfsqlError::DependentObjects(format!(
+                "cannot drop schema {} because it is required by the database system",
+                drop.name.schema_name()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Resolve a COPY target inside the export directory, refusing anything that would leave it: `..`, absolute paths
+/// elsewhere, symbolic links on the way (a link inside the directory may point anywhere), and URLs (`s3://…`:
+/// kfsql writes local files only).
 fn export_path(dir: &Path, target: &str) -> Result<PathBuf> {
+    if target.contains("://") {
+        return Err(KfsqlError::Unsupported(format!(
+            "COPY to '{target}': only files in the export directory {} are written (no object stores)",
+            dir.display()
+        )));
+    }
     let requested = Path::new(target);
     let relative = if requested.is_absolute() {
         let base = std::path::absolute(dir).map_err(|e| KfsqlError::Internal(e.to_string()))?;
@@ -793,10 +848,33 @@ fn export_path(dir: &Path, target: &str) -> Result<PathBuf> {
             dir.display()
         )));
     }
-    let path = std::path::absolute(dir.join(&relative)).map_err(|e| KfsqlError::Internal(e.to_string()))?;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| KfsqlError::Internal(format!("creating {}: {e}", parent.display())))?;
+    let io = |what: &Path, e: std::io::Error| KfsqlError::Internal(format!("{}: {e}", what.display()));
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let mut path = std::path::absolute(dir).map_err(|e| io(dir, e))?;
+    let count = relative.components().count();
+    for (i, part) in relative.components().enumerate() {
+        path.push(part);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(KfsqlError::PermissionDenied(format!(
+                    "COPY target '{target}' goes through a symbolic link ({}); links may lead out of the export \
+                     directory",
+                    path.display()
+                )));
+            }
+            Ok(m) if i + 1 < count && !m.is_dir() => {
+                return Err(KfsqlError::InvalidParameter(format!(
+                    "COPY target '{target}': {} is a file",
+                    path.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && i + 1 < count => {
+                std::fs::create_dir(&path).map_err(|e| io(&path, e))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path, e)),
+        }
     }
     Ok(path)
 }
@@ -866,5 +944,30 @@ impl Stream for DeadlineStream {
 impl RecordBatchStream for DeadlineStream {
     fn schema(&self) -> SchemaRef {
         self.inner.schema()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_paths_stay_in_the_export_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        let exports = dir.path().join("exports");
+        let ok = export_path(&exports, "daily/set.parquet").expect("a path inside");
+        assert!(ok.starts_with(std::path::absolute(&exports).expect("abs")) && exports.join("daily").is_dir());
+        let code = |t: &str| export_path(&exports, t).map(|_| ()).map_err(|e| e.sqlstate());
+        assert_eq!(code("../x.csv"), Err("42501"));
+        assert_eq!(code("/etc/x.csv"), Err("42501"));
+        assert_eq!(code("s3://bucket/x.parquet"), Err("0A000"));
+        std::os::unix::fs::symlink(outside.path(), exports.join("link")).expect("symlink");
+        assert_eq!(code("link/x.csv"), Err("42501"));
+        assert_eq!(code("link/deeper/x.csv"), Err("42501"));
+        assert!(!outside.path().join("deeper").exists(), "nothing created through the link");
+        std::os::unix::fs::symlink(outside.path().join("f.csv"), exports.join("f.csv")).expect("symlink");
+        assert_eq!(code("f.csv"), Err("42501"));
+        assert!(!std::path::Path::new("s3:").exists());
     }
 }

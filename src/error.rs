@@ -41,12 +41,21 @@ pub enum KfsqlError {
     /// "snapshot too old" (72000), since a bounded read's snapshot is its offset ranges.
     #[error("{0}")]
     HistoryGone(String),
+    /// An object other objects depend on, e.g. a system schema (2BP01).
+    #[error("{0}")]
+    DependentObjects(String),
     /// The client is not allowed to do this (42501).
     #[error("permission denied: {0}")]
     PermissionDenied(String),
     /// FETCH or CLOSE of a cursor the connection has not declared (34000).
     #[error("cursor \"{0}\" does not exist")]
     UnknownCursor(String),
+    /// A per-connection or per-statement limit reached: open cursors, a result too large to build (54000).
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// A statement too deeply nested to parse safely (54001, PostgreSQL's "stack depth limit exceeded").
+    #[error("{0}")]
+    TooComplex(String),
     /// DECLARE of a cursor name the connection already uses (42P03).
     #[error("cursor \"{0}\" already exists")]
     DuplicateCursor(String),
@@ -66,6 +75,8 @@ impl KfsqlError {
             KfsqlError::Syntax(_) => "42601",
             KfsqlError::UnknownCursor(_) => "34000",
             KfsqlError::DuplicateCursor(_) => "42P03",
+            KfsqlError::LimitExceeded(_) => "54000",
+            KfsqlError::TooComplex(_) => "54001",
             KfsqlError::UndefinedTable(_) => "42P01",
             KfsqlError::UndefinedColumn(_) => "42703",
             KfsqlError::DuplicateTable(_) => "42P07",
@@ -75,6 +86,7 @@ impl KfsqlError {
             KfsqlError::Kafka(_) => "08006",
             KfsqlError::BadMessage(_) => "22P02",
             KfsqlError::PermissionDenied(_) => "42501",
+            KfsqlError::DependentObjects(_) => "2BP01",
             KfsqlError::NotReady(_) => "55000",
             KfsqlError::HistoryGone(_) => "72000",
             KfsqlError::NotNullViolation(_) => "23502",
@@ -116,8 +128,11 @@ impl KfsqlError {
             KfsqlError::UndefinedColumn(m) => KfsqlError::UndefinedColumn(m.clone()),
             KfsqlError::DuplicateTable(m) => KfsqlError::DuplicateTable(m.clone()),
             KfsqlError::PermissionDenied(m) => KfsqlError::PermissionDenied(m.clone()),
+            KfsqlError::DependentObjects(m) => KfsqlError::DependentObjects(m.clone()),
             KfsqlError::UnknownCursor(m) => KfsqlError::UnknownCursor(m.clone()),
             KfsqlError::DuplicateCursor(m) => KfsqlError::DuplicateCursor(m.clone()),
+            KfsqlError::LimitExceeded(m) => KfsqlError::LimitExceeded(m.clone()),
+            KfsqlError::TooComplex(m) => KfsqlError::TooComplex(m.clone()),
             // every variant is listed, so a new one cannot lose its SQLSTATE here unnoticed
             KfsqlError::Internal(m) => KfsqlError::Internal(m.clone()),
             KfsqlError::DataFusion(_) => KfsqlError::Internal(msg),
@@ -142,19 +157,60 @@ fn df_message(e: &DataFusionError) -> String {
 fn datafusion_sqlstate(e: &DataFusionError) -> &'static str {
     let root = e.find_root();
     let text = root.to_string();
-    if text.contains("has null but schema specifies non-nullable") {
-        return "23502"; // DataFusion's check of rows written into a table
+    if text.contains("has null but schema specifies non-nullable") || text.contains("non-nullable but contains null") {
+        return "23502"; // DataFusion's and Arrow's checks of rows written into a table
     }
     match root {
         DataFusionError::SQL(_, _) => "42601",
         DataFusionError::NotImplemented(_) => "0A000",
         DataFusionError::Plan(_) | DataFusionError::SchemaError(_, _) if is_missing_table(&text) => "42P01",
         DataFusionError::SchemaError(_, _) => "42703",
+        DataFusionError::Plan(m) if m.contains("Placeholder") || m.contains("placeholder") => "42P02",
         DataFusionError::Plan(_) => "42000",
         DataFusionError::ResourcesExhausted(_) => "53200",
-        DataFusionError::ArrowError(_, _) if text.contains("non-nullable but contains null") => "23502",
-        DataFusionError::ArrowError(_, _) => "22000",
+        DataFusionError::ArrowError(inner, _) => arrow_sqlstate(inner),
+        DataFusionError::Execution(m) => execution_sqlstate(m),
         _ => "XX000",
+    }
+}
+
+/// A compute kernel's failure: the data exception (class 22) PostgreSQL raises for the same input.
+fn arrow_sqlstate(e: &datafusion::arrow::error::ArrowError) -> &'static str {
+    use datafusion::arrow::error::ArrowError;
+    match e {
+        ArrowError::DivideByZero => "22012",
+        ArrowError::ArithmeticOverflow(_) => "22003",
+        ArrowError::InvalidArgumentError(_) => "22023",
+        ArrowError::ParseError(_) => "22P02",
+        ArrowError::CastError(m) if m.contains("overflow") || m.contains("out of range") => "22003",
+        ArrowError::CastError(_) => "22P02",
+        _ => "22000",
+    }
+}
+
+/// An error raised while a statement ran. Those are caused by the statement or its data (a function's argument out
+/// of range, a prepared statement that does not exist), so the default is a data exception (22000), refined where
+/// PostgreSQL has a code of its own.
+fn execution_sqlstate(m: &str) -> &'static str {
+    let lower = m.to_ascii_lowercase();
+    if lower.contains("placeholder") {
+        "42P02" // a parameter $n without a value
+    } else if lower.contains("prepared statement") && lower.contains("does not exist") {
+        "26000"
+    } else if lower.contains("prepared statement") && lower.contains("already exists") {
+        "42P05"
+    } else if lower.contains("divide by zero") || lower.contains("division by zero") {
+        "22012"
+    } else if lower.contains("overflow") {
+        "22003"
+    } else if lower.contains("out of range")
+        && ["year", "month", "day", "date", "time", "hour", "minute", "second"].iter().any(|w| lower.contains(w))
+    {
+        "22008"
+    } else if lower.contains("out of range") {
+        "22003"
+    } else {
+        "22000"
     }
 }
 

@@ -427,3 +427,51 @@ async fn placeholder_numbers_past_the_protocol_limit_are_refused() {
     let one: i64 = client.query_one("SELECT count(*) FROM tx", &[]).await.expect("still serving").get(0);
     assert_eq!(one, 10);
 }
+
+/// Settings, cursors and their limits belong to one connection: one client's `statement_timeout` cancels its own
+/// runaway (57014) while another's is untouched, no client changes the engine's shared settings, and a cursor is
+/// neither visible from another connection nor left behind when its connection goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_own_their_settings_and_cursors() {
+    let addr = demo_server(300).await;
+    let (a, b) = (connect(addr).await, connect(addr).await);
+    let code = |e: tokio_postgres::Error| e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("{e}"));
+
+    a.batch_execute("SET statement_timeout = '300ms'").await.expect("set");
+    let start = Instant::now();
+    let err = a.simple_query("SELECT count(*) FROM tx x, tx y, tx z").await.expect_err("past a's timeout");
+    assert_eq!(code(err), "57014");
+    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    let shown: String = b.query_one("SHOW statement_timeout", &[]).await.expect("show").get(0);
+    assert_eq!(shown, "0", "a's SET is a's alone");
+    let n: i64 = b.query_one("SELECT count(*) FROM tx", &[]).await.expect("b runs").get(0);
+    assert_eq!(n, 300);
+
+    let err = a.batch_execute("SET datafusion.execution.batch_size = 1").await.expect_err("server setting");
+    assert_eq!(code(err), "42501");
+
+    a.batch_execute("BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT user_id FROM tx; COMMIT").await.expect("declare");
+    let rows = a.simple_query("FETCH 2 FROM c").await.expect("fetch");
+    assert_eq!(rows.iter().filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))).count(), 2);
+    let err = b.simple_query("FETCH 1 FROM c").await.expect_err("a's cursor");
+    assert_eq!(code(err), "34000");
+    b.batch_execute("BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT 1; COMMIT").await.expect("b's own c");
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = connect(addr).await;
+    let err = c.simple_query("FETCH 1 FROM c").await.expect_err("gone with a");
+    assert_eq!(code(err), "34000");
+    let rows = b.simple_query("FETCH ALL FROM c").await.expect("b's cursor");
+    assert_eq!(rows.iter().filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))).count(), 1);
+
+    // the per-connection limit on open cursors
+    let mut declared = 0;
+    let err = loop {
+        match c.batch_execute(&format!("BEGIN; DECLARE k{declared} CURSOR WITH HOLD FOR SELECT 1; COMMIT")).await {
+            Ok(()) => declared += 1,
+            Err(e) => break e,
+        }
+        assert!(declared <= 64, "no limit on cursors");
+    };
+    assert_eq!((declared, code(err).as_str()), (64, "54000"));
+}

@@ -8,9 +8,9 @@
 use std::sync::Arc;
 
 use arrow_json::ReaderBuilder;
-use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
-use datafusion::arrow::compute::filter_record_batch;
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampNanosecondType};
 use datafusion::arrow::error::ArrowError;
 
 use super::BadMessagePolicy;
@@ -25,6 +25,8 @@ pub struct JsonDecoder {
     policy: BadMessagePolicy,
     /// Decoders reused by small batches (a point lookup decodes a handful of stored values per call).
     pool: Arc<DecoderPool>,
+    /// A TIMESTAMP column (index) whose values must lie in `[lo, hi)` ns, or the message is bad.
+    time_range: Option<(usize, i64, i64)>,
 }
 
 /// Idle arrow-json decoders for batches of up to [`POOLED_BATCH`] payloads.
@@ -64,7 +66,35 @@ impl JsonDecoder {
     pub fn new(schema: &Schema, policy: BadMessagePolicy) -> Self {
         let not_null = schema.fields().iter().enumerate().filter(|(_, f)| !f.is_nullable()).map(|(i, _)| i).collect();
         let fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
-        Self { decode_schema: Arc::new(Schema::new(fields)), not_null, policy, pool: Arc::default() }
+        Self { decode_schema: Arc::new(Schema::new(fields)), not_null, policy, pool: Arc::default(), time_range: None }
+    }
+
+    /// Messages whose TIMESTAMP column `column` lies outside `[lo, hi)` (ns since the epoch) are bad messages: a
+    /// time the decoder clamped (`1e300`, year 99999) would otherwise freeze a key's latest value and every
+    /// pipeline's watermark far in the future.
+    pub fn with_time_range(mut self, column: &str, lo: i64, hi: i64) -> Self {
+        self.time_range = self.decode_schema.index_of(column).ok().map(|i| (i, lo, hi));
+        self
+    }
+
+    /// The rows of `batch` whose time is outside the range, with the first one's reason.
+    fn out_of_range(&self, batch: &RecordBatch) -> Option<(Vec<bool>, String)> {
+        let (c, lo, hi) = self.time_range?;
+        let col = batch.column(c);
+        let times = cast(col, &DataType::Timestamp(TimeUnit::Nanosecond, None)).ok()?;
+        let times = times.as_primitive::<TimestampNanosecondType>();
+        let out: Vec<bool> =
+            (0..times.len()).map(|i| times.is_valid(i) && !(lo..hi).contains(&times.value(i))).collect();
+        let first = out.iter().position(|b| *b)?;
+        let show = |ns: i64| chrono::DateTime::from_timestamp_nanos(ns).format("%Y-%m-%d %H:%M:%S").to_string();
+        let reason = format!(
+            "column '{}' holds {}, outside the table's event_time_range [{}, {})",
+            batch.schema().field(c).name(),
+            show(times.value(first)),
+            show(lo),
+            show(hi)
+        );
+        Some((out, reason))
     }
 
     /// The schema rows come out in: all nullable under `null`, the declared one otherwise.
@@ -94,17 +124,21 @@ impl JsonDecoder {
                 }
             }
         }
-        if self.policy == BadMessagePolicy::Fail
-            && let Some((index, reason)) = first_reason
-        {
-            return Err(BadMessage { index, reason });
-        }
         let batch = self
             .try_decode_all(payloads.iter().zip(&bad).map(|(p, b)| if *b { &b"{}"[..] } else { p.as_ref() }))
             .ok_or_else(|| BadMessage {
                 index: 0,
                 reason: "batch failed to decode after removing bad messages".into(),
             })?;
+        if self.policy == BadMessagePolicy::Fail
+            && let Some((index, reason)) = first_reason
+        {
+            // an earlier message may be bad by its values (NOT NULL, time range): `fail` names the first one
+            return Err(match self.finish(payloads, batch, bad, false) {
+                Err(earlier) if earlier.index < index => earlier,
+                _ => BadMessage { index, reason },
+            });
+        }
         self.finish(payloads, batch, bad, false)
     }
 
@@ -116,7 +150,8 @@ impl JsonDecoder {
         mut bad: Vec<bool>,
         fast_path: bool,
     ) -> Result<Decoded, BadMessage> {
-        let mut null_violations = false;
+        // bad rows found here decoded into values, which `null` must blank
+        let mut blank_rows = false;
         for &c in &self.not_null {
             let col = batch.column(c);
             if col.null_count() == 0 {
@@ -125,7 +160,7 @@ impl JsonDecoder {
             for (row, is_bad) in bad.iter_mut().enumerate() {
                 if col.is_null(row) && !*is_bad {
                     *is_bad = true;
-                    null_violations = true;
+                    blank_rows = true;
                     if self.policy == BadMessagePolicy::Fail {
                         return Err(BadMessage {
                             index: row,
@@ -138,6 +173,17 @@ impl JsonDecoder {
                 }
             }
         }
+        if let Some((outside, reason)) = self.out_of_range(&batch) {
+            for (row, is_bad) in bad.iter_mut().enumerate() {
+                if outside[row] && !*is_bad {
+                    if self.policy == BadMessagePolicy::Fail {
+                        return Err(BadMessage { index: row, reason });
+                    }
+                    *is_bad = true;
+                    blank_rows = true;
+                }
+            }
+        }
         let bad_count = bad.iter().filter(|b| **b).count() as u64;
         if bad_count == 0 {
             return Ok(Decoded { batch, keep: None, bad: 0, fast_path });
@@ -146,7 +192,7 @@ impl JsonDecoder {
             // `fail` returned at the first bad message above.
             BadMessagePolicy::Fail => Err(BadMessage { index: 0, reason: "bad message".into() }),
             BadMessagePolicy::Null => {
-                if null_violations {
+                if blank_rows {
                     // Blank whole rows, not just the missing column: a bad message contributes no payload values.
                     batch = self
                         .try_decode_all(
@@ -313,5 +359,29 @@ mod tests {
         let d = JsonDecoder::new(&schema(), BadMessagePolicy::Skip);
         let out = d.decode::<&str>(&[]).unwrap();
         assert_eq!(out.batch.num_rows(), 0);
+    }
+
+    #[test]
+    fn event_times_outside_the_range_are_bad_messages() {
+        let (lo, hi) = (crate::codec::DEFAULT_TIME_RANGE.0, crate::codec::DEFAULT_TIME_RANGE.1);
+        let far = [
+            GOOD[0],
+            r#"{"user_id":"u9","amount":1,"event_time":1e300}"#,
+            r#"{"user_id":"u9","amount":1,"event_time":"2500-01-01T00:00:00"}"#,
+            r#"{"user_id":"u9","amount":1,"event_time":"1800-01-01T00:00:00"}"#,
+            GOOD[1],
+        ];
+        let skip = JsonDecoder::new(&schema(), BadMessagePolicy::Skip).with_time_range("event_time", lo, hi);
+        let out = skip.decode(&far).unwrap();
+        assert_eq!(out.bad, 3);
+        let ids = out.batch.column(0).as_string::<i32>();
+        assert_eq!(ids.iter().collect::<Vec<_>>(), vec![Some("u1"), Some("u2")]);
+        let null = JsonDecoder::new(&schema(), BadMessagePolicy::Null).with_time_range("event_time", lo, hi);
+        let out = null.decode(&far).unwrap();
+        assert_eq!((out.bad, out.batch.num_rows(), out.batch.column(0).null_count()), (3, 5, 3));
+        let fail = JsonDecoder::new(&schema(), BadMessagePolicy::Fail).with_time_range("event_time", lo, hi);
+        let err = fail.decode(&far).unwrap_err();
+        assert_eq!(err.index, 1);
+        assert!(err.reason.contains("outside the table's event_time_range"), "{}", err.reason);
     }
 }

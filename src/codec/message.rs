@@ -61,6 +61,12 @@ impl MessageDecoder {
         Self { value, key_format, sources, schema, policy }
     }
 
+    /// Messages whose `column` (a TIMESTAMP of the value) is outside `[lo, hi)` ns are bad messages.
+    pub fn with_time_range(mut self, column: &str, lo: i64, hi: i64) -> Self {
+        self.value = self.value.with_time_range(column, lo, hi);
+        self
+    }
+
     pub fn key_format(&self) -> KeyFormat {
         self.key_format
     }

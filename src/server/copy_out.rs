@@ -69,7 +69,9 @@ impl CopyOut {
     /// The rows as a CopyOut response.
     pub fn response(&self, rows: SendableRecordBatchStream) -> PgWireResult<Response> {
         let schema = rows.schema();
-        let fields = Arc::new(arrow_schema_to_pg_fields(&schema, &Format::UnifiedText, None)?);
+        let fields = Arc::new(
+            arrow_schema_to_pg_fields(&schema, &Format::UnifiedText, None).map_err(super::error::encoding_error)?,
+        );
         let columns = fields.len();
         let delimiter = |default| self.delimiter.map(|d| d.to_string().into()).unwrap_or(default);
         let null = |default| self.null.as_deref().map(Into::into).unwrap_or(default);

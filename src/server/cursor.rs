@@ -1,11 +1,11 @@
 //! SQL cursors: `DECLARE name [BINARY] [NO SCROLL] CURSOR [WITH[OUT] HOLD] FOR query`, `FETCH [FORWARD] n | ALL |
 //! NEXT FROM name`, `CLOSE name | ALL` (psycopg's named cursors, psycopg2's `name=` cursors). A cursor holds its
 //! query's running stream, so FETCH reads on from where the last one stopped, without re-running anything. Cursors
-//! belong to their connection; those not declared `WITH HOLD` close when the transaction ends, as in PostgreSQL.
+//! belong to their connection (they live in its session state and die with it, so a vanished client leaves nothing
+//! behind); those not declared `WITH HOLD` close when the transaction ends, as in PostgreSQL.
 //! Cursors scan forward only (`NO SCROLL`): a backward or absolute FETCH is refused with 0A000.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use datafusion::arrow::array::RecordBatch;
@@ -44,39 +44,28 @@ pub fn fetch_count(direction: &FetchDirection) -> Result<Option<usize>, KfsqlErr
     }
 }
 
-/// The cursors of every connection, by (client address, cursor name).
+/// The cursors of one connection, by name.
 #[derive(Default)]
 pub struct Cursors {
-    open: Mutex<HashMap<(SocketAddr, String), Cursor>>,
+    open: Mutex<HashMap<String, Cursor>>,
 }
 
 impl Cursors {
-    pub fn declare(
-        &self,
-        client: SocketAddr,
-        name: &str,
-        rows: SendableRecordBatchStream,
-        hold: bool,
-    ) -> Result<(), KfsqlError> {
+    pub fn declare(&self, name: &str, rows: SendableRecordBatchStream, hold: bool) -> Result<(), KfsqlError> {
         let mut open = self.open.lock().map_err(|_| KfsqlError::Internal("cursor table poisoned".into()))?;
-        if open.contains_key(&(client, name.to_string())) {
+        if open.contains_key(name) {
             return Err(KfsqlError::DuplicateCursor(name.to_string()));
         }
-        if open.keys().filter(|(c, _)| *c == client).count() >= MAX_PER_CONNECTION {
-            return Err(KfsqlError::Unsupported(format!("at most {MAX_PER_CONNECTION} open cursors per connection")));
+        if open.len() >= MAX_PER_CONNECTION {
+            return Err(KfsqlError::LimitExceeded(format!("at most {MAX_PER_CONNECTION} open cursors per connection")));
         }
-        open.insert((client, name.to_string()), Cursor { rows, pending: None, hold });
+        open.insert(name.to_string(), Cursor { rows, pending: None, hold });
         Ok(())
     }
 
     /// The next `count` rows (all the rest for None), as batches, with the cursor's schema.
-    pub async fn fetch(
-        &self,
-        client: SocketAddr,
-        name: &str,
-        count: Option<usize>,
-    ) -> Result<(SchemaRef, Vec<RecordBatch>), KfsqlError> {
-        let key = (client, name.to_string());
+    pub async fn fetch(&self, name: &str, count: Option<usize>) -> Result<(SchemaRef, Vec<RecordBatch>), KfsqlError> {
+        let key = name.to_string();
         // taken out while it reads, so no lock is held across the stream's awaits
         let mut cursor = self
             .open
@@ -117,12 +106,12 @@ impl Cursors {
     }
 
     /// CLOSE name / CLOSE ALL.
-    pub fn close(&self, client: SocketAddr, which: &CloseCursor) -> Result<(), KfsqlError> {
+    pub fn close(&self, which: &CloseCursor) -> Result<(), KfsqlError> {
         let mut open = self.open.lock().map_err(|_| KfsqlError::Internal("cursor table poisoned".into()))?;
         match which {
-            CloseCursor::All => open.retain(|(c, _), _| *c != client),
+            CloseCursor::All => open.clear(),
             CloseCursor::Specific { name } => {
-                if open.remove(&(client, name.value.clone())).is_none() {
+                if open.remove(&name.value).is_none() {
                     return Err(KfsqlError::UnknownCursor(name.value.clone()));
                 }
             }
@@ -131,9 +120,9 @@ impl Cursors {
     }
 
     /// The transaction ended: close the connection's cursors not declared WITH HOLD.
-    pub fn end_transaction(&self, client: SocketAddr) {
+    pub fn end_transaction(&self) {
         if let Ok(mut open) = self.open.lock() {
-            open.retain(|(c, _), cursor| *c != client || cursor.hold);
+            open.retain(|_, cursor| cursor.hold);
         }
     }
 }

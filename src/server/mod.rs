@@ -67,7 +67,6 @@ pub struct Handlers {
     connections: Arc<ConnectionManager>,
     cancel: Arc<cancel::Cancel>,
     security: auth::Security,
-    cursors: Arc<cursor::Cursors>,
 }
 
 impl Handlers {
@@ -79,7 +78,6 @@ impl Handlers {
             cancel: Arc::new(cancel::Cancel::new(DefaultCancelHandler::new(connections.clone()))),
             connections,
             security,
-            cursors: Arc::new(cursor::Cursors::default()),
         }
     }
 
@@ -253,7 +251,7 @@ impl Handlers {
     {
         if let Some(cmd) = session::classify(&stmt) {
             if matches!(cmd, SessionCommand::Commit | SessionCommand::Rollback) {
-                self.cursors.end_transaction(client.socket_addr());
+                cursors(client).end_transaction();
             }
             return Ok(self.session_command(client.metadata_mut(), cmd, format));
         }
@@ -267,7 +265,8 @@ impl Handlers {
         {
             let copy = copy.map_err(|m| to_pg(KfsqlError::Unsupported(m)))?;
             let query = DFStatement::Statement(Box::new(SqlStatement::Query(copy.query.clone())));
-            let (notices, output) = self.engine.execute(query).await.map_err(to_pg)?.take_notices();
+            let limit = session::statement_timeout(client.metadata());
+            let (notices, output) = self.engine.execute_within(query, limit).await.map_err(to_pg)?.take_notices();
             notify(client, notices).await?;
             return match output {
                 Output::Rows(rows) => copy.response(rows),
@@ -284,9 +283,10 @@ impl Handlers {
             ))));
         }
         let is_insert = matches!(&stmt, DFStatement::Statement(s) if matches!(s.as_ref(), SqlStatement::Insert(_)));
+        let limit = session::statement_timeout(client.metadata());
         let out = match plan {
-            Some(plan) => self.engine.execute_plan(plan).await,
-            None => self.engine.execute(stmt).await,
+            Some(plan) => self.engine.execute_plan_within(plan, limit).await,
+            None => self.engine.execute_within(stmt, limit).await,
         }
         .map_err(to_pg)?;
         let (notices, out) = out.take_notices();
@@ -330,7 +330,9 @@ impl Handlers {
                     None => self.engine.plan(DFStatement::Statement(Box::new(SqlStatement::Query(query)))).await,
                 };
                 let executed = match plan {
-                    Ok(plan) => self.engine.execute_plan(plan).await,
+                    Ok(plan) => {
+                        self.engine.execute_plan_within(plan, session::statement_timeout(client.metadata())).await
+                    }
                     Err(e) => Err(e),
                 };
                 let declared = match executed.map(Output::take_notices) {
@@ -339,7 +341,7 @@ impl Handlers {
                             return Some(Err(e));
                         }
                         match out {
-                            Output::Rows(rows) => self.cursors.declare(client.socket_addr(), &name, rows, hold),
+                            Output::Rows(rows) => cursors(client).declare(&name, rows, hold),
                             Output::Command { .. } | Output::Noticed { .. } => {
                                 Err(KfsqlError::Unsupported("a cursor over a statement without rows".into()))
                             }
@@ -351,7 +353,7 @@ impl Handlers {
             }
             SqlStatement::Fetch { name, direction, .. } => {
                 let fetched = match cursor::fetch_count(direction) {
-                    Ok(count) => self.cursors.fetch(client.socket_addr(), &name.value, count).await,
+                    Ok(count) => cursors(client).fetch(&name.value, count).await,
                     Err(e) => Err(e),
                 };
                 let (schema, batches) = match fetched {
@@ -367,11 +369,9 @@ impl Handlers {
                     other => other,
                 })
             }
-            SqlStatement::Close { cursor } => self
-                .cursors
-                .close(client.socket_addr(), cursor)
-                .map(|()| Response::Execution(Tag::new("CLOSE CURSOR")))
-                .map_err(to_pg),
+            SqlStatement::Close { cursor } => {
+                cursors(client).close(cursor).map(|()| Response::Execution(Tag::new("CLOSE CURSOR"))).map_err(to_pg)
+            }
             _ => return None,
         })
     }
@@ -383,10 +383,17 @@ impl Handlers {
         format: &Format,
     ) -> Response {
         match cmd {
-            SessionCommand::Set { name, value } => {
-                session::set(metadata, &name, &value);
-                Response::Execution(Tag::new("SET"))
-            }
+            SessionCommand::Set { name, value } => match session::check(&name, &value) {
+                Ok(value) => {
+                    session::set(metadata, &name, &value);
+                    Response::Execution(Tag::new("SET"))
+                }
+                Err(e) => Response::Error(Box::new(pgwire::error::ErrorInfo::new(
+                    "ERROR".into(),
+                    e.sqlstate().into(),
+                    e.to_string(),
+                ))),
+            },
             SessionCommand::Reset(name) => {
                 session::reset(metadata, &name);
                 Response::Execution(Tag::new("RESET"))
@@ -406,6 +413,11 @@ impl Handlers {
             SessionCommand::NoOp(tag) => Response::Execution(Tag::new(tag)),
         }
     }
+}
+
+/// The connection's cursors: they live in its session state, so they die with it.
+fn cursors<C: ClientInfo>(client: &C) -> Arc<cursor::Cursors> {
+    client.session_extensions().get_or_insert_with(cursor::Cursors::default)
 }
 
 /// Send `notices` to the client as NoticeResponses (SQLSTATE 01000, warning), ahead of the statement's answer.
@@ -506,6 +518,7 @@ impl QueryParser for KfsqlParser {
             Some(plan) => {
                 let default = Format::UnifiedText;
                 arrow_schema_to_pg_fields(plan.schema().as_arrow(), format.unwrap_or(&default), None)
+                    .map_err(error::encoding_error)
             }
             None => Ok(match stmt.statement.as_ref().and_then(session::classify) {
                 Some(SessionCommand::Show(name)) => {
@@ -531,12 +544,13 @@ fn rows_response<C: ClientInfo>(
     cancel: Option<tokio_util::sync::CancellationToken>,
 ) -> PgWireResult<Response> {
     let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-    let fields = Arc::new(arrow_schema_to_pg_fields(&rows.schema(), format, Some(options))?);
+    let fields =
+        Arc::new(arrow_schema_to_pg_fields(&rows.schema(), format, Some(options)).map_err(error::encoding_error)?);
     let f = fields.clone();
     let encoded = rows
         .map(move |batch| -> Box<dyn Iterator<Item = PgWireResult<_>> + Send + Sync> {
             match batch {
-                Ok(b) => encode_recordbatch(f.clone(), b),
+                Ok(b) => Box::new(encode_recordbatch(f.clone(), b).map(|r| r.map_err(error::encoding_error))),
                 Err(e) => Box::new(std::iter::once(Err(error::df_to_pg(e)))),
             }
         })

@@ -25,8 +25,18 @@ pub const META_KEY: &str = "_key";
 pub const META_COLUMNS: [&str; 4] = [META_PARTITION, META_OFFSET, META_TIMESTAMP, META_KEY];
 
 /// The option names a Kafka table accepts.
-pub const KNOWN_OPTIONS: [&str; 9] =
-    ["format", "key", "event_time", "partitioner", "bad_messages", "ttl", "online", "key_format", "window_size"];
+pub const KNOWN_OPTIONS: [&str; 10] = [
+    "format",
+    "key",
+    "event_time",
+    "event_time_range",
+    "partitioner",
+    "bad_messages",
+    "ttl",
+    "online",
+    "key_format",
+    "window_size",
+];
 
 /// A declared column, as persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +79,8 @@ pub struct TableOptions {
     pub key_format: KeyFormat,
     /// The event-time column (a TIMESTAMP).
     pub event_time: Option<String>,
+    /// The event times accepted, `[from, to)` in ns: a message outside is a bad message (`'1900-01-01/2200-01-01'`).
+    pub event_time_range: (i64, i64),
     pub partitioner: Partitioner,
     pub bad_messages: BadMessagePolicy,
     pub ttl: Option<Duration>,
@@ -83,6 +95,7 @@ impl TableOptions {
             key: None,
             key_format: KeyFormat::String,
             event_time: None,
+            event_time_range: crate::codec::DEFAULT_TIME_RANGE,
             partitioner: Partitioner::Murmur2,
             bad_messages: BadMessagePolicy::Skip,
             ttl: None,
@@ -106,6 +119,7 @@ impl TableOptions {
                     }
                     out.event_time = Some(col);
                 }
+                "event_time_range" => out.event_time_range = time_range(v).map_err(invalid)?,
                 "partitioner" => out.partitioner = Partitioner::from_str(v).map_err(invalid)?,
                 "bad_messages" => out.bad_messages = BadMessagePolicy::from_str(v).map_err(invalid)?,
                 "ttl" => {
@@ -279,6 +293,24 @@ pub fn full_schema(payload_out: &Schema) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// `'FROM/TO'`, each a date or a timestamp (UTC): the nanoseconds `[from, to)`.
+fn time_range(v: &str) -> std::result::Result<(i64, i64), String> {
+    let at = |t: &str| -> Option<i64> {
+        let t = t.trim();
+        let dt = chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S")
+            .or_else(|_| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S"))
+            .ok()
+            .or_else(|| chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d").ok()?.and_hms_opt(0, 0, 0))?;
+        dt.and_utc().timestamp_nanos_opt()
+    };
+    let expected = || format!("'{v}' is not a range like '1900-01-01/2200-01-01' (between 1677 and 2262)");
+    let (from, to) = v.split_once('/').ok_or_else(expected)?;
+    match (at(from), at(to)) {
+        (Some(lo), Some(hi)) if lo < hi => Ok((lo, hi)),
+        _ => Err(expected()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +359,9 @@ mod tests {
         assert!(err(&[("event_time", "amount")]).contains("must be a TIMESTAMP"));
         assert!(err(&[("partitioner", "fnv")]).contains("unknown partitioner"));
         assert!(err(&[("bad_messages", "explode")]).contains("skip, null or fail"));
+        assert!(err(&[("event_time_range", "2200-01-01/1900-01-01")]).contains("not a range"));
+        assert!(err(&[("event_time_range", "1900-01-01")]).contains("not a range"));
+        assert!(err(&[("event_time_range", "0001-01-01/2200-01-01")]).contains("not a range"));
         assert!(err(&[("format", "avro")]).contains("not supported yet"));
         assert!(err(&[("ttl", "soon")]).contains("not a duration"));
         assert!(err(&[("online", "true")]).contains("needs a 'key'"));

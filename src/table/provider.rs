@@ -58,7 +58,11 @@ impl KafkaTable {
     ) -> Result<Self> {
         let declared = def.payload_schema()?;
         let options = TableOptions::parse(&def.options, &declared)?;
-        let decoder = MessageDecoder::new(&declared, options.key_format, options.key.as_deref(), options.bad_messages);
+        let mut decoder =
+            MessageDecoder::new(&declared, options.key_format, options.key.as_deref(), options.bad_messages);
+        if let Some(column) = &options.event_time {
+            decoder = decoder.with_time_range(column, options.event_time_range.0, options.event_time_range.1);
+        }
         let schema = full_schema(&JsonDecoder::output_schema(&declared, options.bad_messages));
         let meta_defaults = vec![
             (META_PARTITION.to_string(), Expr::Literal(ScalarValue::Int32(Some(-1)), None)),

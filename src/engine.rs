@@ -27,6 +27,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use crate::catalog::{CatalogChange, CatalogStore};
 use crate::error::{KfsqlError, Result};
 use crate::kafka::KafkaCluster;
+use crate::scheduler::Lane;
 use crate::sql;
 use crate::table::{KafkaTable, KafkaTableFactory, TableDefinition};
 
@@ -278,9 +279,25 @@ impl Engine {
     }
 
     /// Plan a statement into a DataFusion logical plan (after kfsql's rewrites), without running it.
+    ///
+    /// Planning runs like execution: on the statement's [`Lane`] runtime, under the query timeout, and it stops
+    /// when the caller goes.
     pub async fn plan(&self, stmt: DFStatement) -> Result<LogicalPlan> {
-        let stmt = self.inner.prepare(stmt)?;
-        self.inner.ctx.state().statement_to_plan(stmt).await.map_err(KfsqlError::from_datafusion)
+        let timeout = self.inner.config.query_timeout;
+        let inner = self.inner.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = Lane::of_statement(&stmt).runtime().spawn(async move {
+            let planned = match inner.prepare(stmt) {
+                Ok(stmt) => inner.ctx.state().statement_to_plan(stmt).await.map_err(KfsqlError::from_datafusion),
+                Err(e) => Err(e),
+            };
+            let _ = tx.send(planned);
+        });
+        let _abort = AbortOnDrop(task);
+        tokio::time::timeout(timeout, rx)
+            .await
+            .map_err(|_| KfsqlError::Timeout(timeout))?
+            .map_err(|_| KfsqlError::Internal("planning ended without an answer".into()))?
     }
 
     /// Run one statement under the query timeout.
@@ -291,7 +308,8 @@ impl Engine {
     /// Run one statement under the query timeout, or under `limit` when that is shorter (a session's
     /// `statement_timeout`: a client may shorten the server's limit, never lift it).
     pub async fn execute_within(&self, stmt: DFStatement, limit: Option<Duration>) -> Result<Output> {
-        self.with_deadline(limit, move |inner| Box::pin(async move { inner.execute(stmt).await })).await
+        let lane = Lane::of_statement(&stmt);
+        self.with_deadline(lane, limit, move |inner| Box::pin(async move { inner.execute(stmt).await })).await
     }
 
     /// Run an already-planned statement (extended protocol: plan once at Parse, execute at Execute).
@@ -301,17 +319,19 @@ impl Engine {
 
     /// [`Self::execute_plan`] under `limit` when that is shorter than the query timeout.
     pub async fn execute_plan_within(&self, plan: LogicalPlan, limit: Option<Duration>) -> Result<Output> {
-        self.with_deadline(limit, move |inner| Box::pin(async move { inner.run_plan(plan).await })).await
+        let lane = Lane::of_plan(&plan);
+        self.with_deadline(lane, limit, move |inner| Box::pin(async move { inner.run_plan(plan).await })).await
     }
 
-    /// Run a statement on the query runtime under the query timeout.
+    /// Run a statement on its lane's runtime under the query timeout.
     ///
-    /// Planning and execution happen on [`query_runtime`], away from the runtime that serves connections and
-    /// timers, so a statement that computes for long without yielding cannot starve other clients or its own
-    /// deadline. Rows come back through a small channel; dropping the returned stream (done, timed out, client
+    /// Planning and execution happen on the [`Lane`]'s runtime (see [`crate::scheduler`]), away from the runtime
+    /// that serves connections and timers, so a statement that computes for long without yielding cannot starve
+    /// other clients, lookups or its own deadline. Rows come back through a small channel; dropping the returned stream (done, timed out, client
     /// gone) aborts the statement's task.
     async fn with_deadline(
         &self,
+        lane: Lane,
         limit: Option<Duration>,
         run: impl FnOnce(Arc<EngineInner>) -> futures::future::BoxFuture<'static, Result<Output>> + Send + 'static,
     ) -> Result<Output> {
@@ -320,7 +340,7 @@ impl Engine {
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Result<Started>>();
         let (rows_tx, rows_rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);
         let inner = self.inner.clone();
-        let task = query_runtime().spawn(async move {
+        let task = lane.runtime().spawn(async move {
             let (notices, output) = match run(inner).await {
                 Ok(o) => {
                     let (n, o) = o.take_notices();
@@ -387,27 +407,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// The process-wide runtime that plans and executes queries (one worker per core). Never dropped.
-pub fn query_runtime() -> &'static tokio::runtime::Runtime {
-    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        match tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .thread_name("kfsql-query")
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            // Creating a runtime only fails when the OS refuses threads; nothing can run then.
-            Err(e) => {
-                eprintln!("kfsql: cannot start the query runtime: {e}");
-                std::process::abort()
-            }
-        }
-    })
 }
 
 impl Drop for EngineInner {

@@ -15,6 +15,7 @@ pub mod error;
 pub mod kafka;
 pub mod latest;
 pub mod pipeline;
+pub mod scheduler;
 pub mod server;
 pub mod sql;
 pub mod system;

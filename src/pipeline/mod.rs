@@ -121,7 +121,7 @@ impl Pipelines {
             old.task.abort();
         }
         let status = Arc::new(PipelineStatus::new(name, query));
-        let task = crate::engine::query_runtime().spawn(runner::run(
+        let task = crate::scheduler::query_runtime().spawn(runner::run(
             name.to_string(),
             engine,
             self.store.clone(),

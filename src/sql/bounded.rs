@@ -1,6 +1,6 @@
 //! Functions whose output size the client chooses — `lpad` / `rpad` (a length), `repeat` (a count), `array_repeat`
 //! and the scalar `range` / `generate_series` (integer bounds) — wrapped so that a call whose output would pass
-//! [`MAX_OUTPUT`] is refused with 54000 ("requested length too large", as PostgreSQL says) before anything is
+//! its limit is refused with 54000 ("requested length too large", as PostgreSQL says) before anything is
 //! allocated. Without it `lpad('a', 2147483647)` asks the allocator for 2 GiB per row, outside the memory pool.
 //! The wrappers change nothing else: same name, signature, types and results.
 
@@ -19,9 +19,10 @@ use datafusion::prelude::SessionContext;
 
 use crate::error::KfsqlError;
 
-/// The most one call may produce: characters of padded strings, bytes of repeated strings, or list elements,
-/// summed over the rows of the batch it is called on.
-pub const MAX_OUTPUT: i128 = 256 << 20;
+/// The most one call may produce, summed over the rows of the batch it is called on: characters of padded
+/// strings or bytes of repeated strings ([`MAX_OUTPUT`]), or list elements ([`MAX_ELEMENTS`]).
+pub const MAX_OUTPUT: i128 = 64 << 20;
+pub const MAX_ELEMENTS: i128 = 8 << 20;
 
 /// How a function's output size follows from its arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -119,9 +120,13 @@ impl Bounded {
                 _ => 0,
             },
         };
-        if requested > MAX_OUTPUT {
+        let limit = match self.size {
+            Size::Length | Size::Repeat => MAX_OUTPUT,
+            Size::Count | Size::Range => MAX_ELEMENTS,
+        };
+        if requested > limit {
             return Err(KfsqlError::LimitExceeded(format!(
-                "requested length too large: {}() would produce {requested} {} (at most {MAX_OUTPUT} per call)",
+                "requested length too large: {}() would produce {requested} {} (at most {limit} per call)",
                 self.inner.name(),
                 match self.size {
                     Size::Length => "characters",

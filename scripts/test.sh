@@ -219,5 +219,13 @@ result $r 'the read-only user cannot drop tables (labels still has its 100 rows)
 echo "security: $PASSED passed, $FAILED failed"
 [ "$FAILED" = 0 ]
 
+phase "reliability: pg-wire fuzzing, bad SQL, vanishing connections, 100 clients, lookups beside runaways"
+REL_PORT=$(free_port)
+./target/debug/kfsql serve --listen "127.0.0.1:$REL_PORT" --demo-transactions 2000 >"$WORK/kfsql-rel.log" 2>&1 &
+REL_PID=$!
+PIDS+=("$REL_PID")
+wait_port "$REL_PORT"
+"$PY" tests/reliability/reliability.py 127.0.0.1 "$REL_PORT" "$REL_PID" "$WORK/kfsql-rel.log"
+
 print_phases
 log "all tests passed"

@@ -284,10 +284,9 @@ fn backend_messages(bytes: &[u8]) -> Vec<(u8, &[u8])> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversize_message_ends_that_connection_only() {
+/// A raw connection past its startup (ReadyForQuery seen).
+async fn raw_session(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = demo_server(10).await;
     let mut raw = tokio::net::TcpStream::connect(addr).await.expect("raw");
     let mut body = vec![0, 3, 0, 0];
     body.extend_from_slice(b"user\0kfsql\0database\0kfsql\0\0");
@@ -304,6 +303,53 @@ async fn an_oversize_message_ends_that_connection_only() {
         assert!(n > 0, "closed during startup");
         seen.extend_from_slice(&buf[..n]);
     }
+    raw
+}
+
+/// Everything the server sends until it closes the connection (at most 10 s).
+async fn until_closed(raw: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let (mut answer, mut buf) = (Vec::new(), vec![0u8; 8192]);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf)).await.expect("the server closes") {
+            Ok(0) | Err(_) => return answer,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Frontend messages whose bodies do not hold what their type requires (a Bind cut inside its parameter count, a
+/// parameter longer than the message, a length below 4) are answered with a FATAL 08P01 ErrorResponse, then the
+/// connection closes; nothing panics and everyone else is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_are_answered_with_08p01() {
+    use tokio::io::AsyncWriteExt;
+    let addr = demo_server(10).await;
+    let cases: [&[u8]; 3] = [
+        &[b'B', 0, 0, 0, 7, 0, 0, 0xff],
+        &[b'B', 0, 0, 0, 16, 0, 0, 0, 0, 0, 1, 0x7f, 0xff, 0xff, 0xff, b'x', b'y'],
+        &[b'P', 0, 0, 0, 2, b'S'],
+    ];
+    for case in cases {
+        let mut raw = raw_session(addr).await;
+        raw.write_all(case).await.expect("malformed");
+        let answer = until_closed(&mut raw).await;
+        let messages = backend_messages(&answer);
+        let fatal_08p01 =
+            |body: &[u8]| body.windows(5).any(|w| w == b"08P01") && body.windows(5).any(|w| w == b"FATAL");
+        assert!(matches!(messages.as_slice(), [(b'E', body)] if fatal_08p01(body)), "{case:?}: {messages:?}");
+    }
+    let other = connect(addr).await;
+    let n: i64 = other.query_one("SELECT count(*) FROM tx", &[]).await.expect("count").get(0);
+    assert_eq!(n, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_message_ends_that_connection_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = demo_server(10).await;
+    let mut raw = raw_session(addr).await;
+    let mut buf = vec![0u8; 8192];
     // a Query claiming 2 GiB, past what any message may hold
     raw.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xf0, b'S', b'E']).await.expect("oversize header");
     let mut answer = Vec::new();

@@ -220,12 +220,13 @@ echo "security: $PASSED passed, $FAILED failed"
 [ "$FAILED" = 0 ]
 
 phase "reliability: pg-wire fuzzing, bad SQL, vanishing connections, 100 clients, lookups beside runaways"
-REL_PORT=$(free_port)
-./target/debug/kfsql serve --listen "127.0.0.1:$REL_PORT" --demo-transactions 2000 >"$WORK/kfsql-rel.log" 2>&1 &
+REL_PORT=$(free_port) REL_METRICS=$(free_port)
+./target/debug/kfsql serve --listen "127.0.0.1:$REL_PORT" --metrics-listen "127.0.0.1:$REL_METRICS" \
+  --demo-transactions 2000 >"$WORK/kfsql-rel.log" 2>&1 &
 REL_PID=$!
 PIDS+=("$REL_PID")
 wait_port "$REL_PORT"
-"$PY" tests/reliability/reliability.py 127.0.0.1 "$REL_PORT" "$REL_PID" "$WORK/kfsql-rel.log"
+"$PY" tests/reliability/reliability.py 127.0.0.1 "$REL_PORT" "$REL_PID" "$WORK/kfsql-rel.log" "$REL_METRICS"
 
 print_phases
 log "all tests passed"

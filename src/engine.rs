@@ -227,6 +227,11 @@ impl Engine {
         &self.inner
     }
 
+    /// Bytes reserved in the statement memory pool now.
+    pub fn memory_reserved(&self) -> usize {
+        self.inner.ctx.runtime_env().memory_pool.reserved()
+    }
+
     /// Definitions of all Kafka tables, by name.
     pub fn definitions(&self) -> BTreeMap<String, TableDefinition> {
         self.inner.definitions()

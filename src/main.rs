@@ -35,6 +35,9 @@ enum Command {
         /// Address to listen on for Postgres clients.
         #[arg(long, env = "KFSQL_LISTEN", default_value = "127.0.0.1:5433")]
         listen: String,
+        /// Serve Prometheus metrics on this address (`GET /metrics`), e.g. 127.0.0.1:9187.
+        #[arg(long, env = "KFSQL_METRICS_LISTEN")]
+        metrics_listen: Option<String>,
         #[command(flatten)]
         security: SecurityArgs,
     },
@@ -77,6 +80,9 @@ struct SecurityArgs {
     /// PEM private key for TLS.
     #[arg(long, env = "KFSQL_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// Client connections served at once; one more is refused with FATAL 53300 (too many clients).
+    #[arg(long, env = "KFSQL_MAX_CONNECTIONS", default_value_t = kfsql::server::auth::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
 }
 
 impl SecurityArgs {
@@ -104,7 +110,7 @@ impl SecurityArgs {
             (Some(c), Some(k)) => Some(tls_acceptor(c, k)?),
             _ => None,
         };
-        Ok(Security { users, tls })
+        Ok(Security { users, tls, max_connections: Some(self.max_connections) })
     }
 }
 
@@ -193,7 +199,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     };
     // refuse a bad security setup before doing anything else
     let security = match &command {
-        Command::Serve { listen, security } => Some(security.security(listen)?),
+        Command::Serve { listen, security, .. } => Some(security.security(listen)?),
         Command::Query { .. } | Command::Generate { .. } => None,
     };
     let c = &cli.common;
@@ -278,8 +284,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let _ = std::io::stdout().flush();
             std::process::exit(0)
         }
-        Command::Serve { listen, .. } => {
+        Command::Serve { listen, metrics_listen, .. } => {
             let security = security.unwrap_or_default();
+            if let Some(m) = &metrics_listen {
+                let bound = kfsql::server::metrics::serve(m, engine.clone())?;
+                eprintln!("  Prometheus metrics on http://{bound}/metrics");
+            }
             let auth = match &security.users {
                 Some(u) => format!("SCRAM-SHA-256, {} user(s)", u.len()),
                 None => "trust (no passwords)".into(),

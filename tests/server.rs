@@ -415,7 +415,7 @@ async fn scram_passwords_and_a_read_only_role() {
     common::topic(&cluster, &t, 2).await;
     engine.query(&common::create_table_sql("tx", &t, "")).await.expect("create");
     let users = kfsql::server::auth::Users::parse("alice:s3cret, bob:pw:readonly").expect("users");
-    let security = kfsql::server::auth::Security { users: Some(std::sync::Arc::new(users)), tls: None };
+    let security = kfsql::server::auth::Security { users: Some(std::sync::Arc::new(users)), ..Default::default() };
     let (addr, _task) = kfsql::server::start_with(engine, "127.0.0.1:0", security).await.expect("server");
     let login = |user: &str, password: &str| {
         format!("host={} port={} user={user} password={password} dbname=kfsql", addr.ip(), addr.port())
@@ -520,4 +520,46 @@ async fn sessions_own_their_settings_and_cursors() {
         assert!(declared <= 64, "no limit on cursors");
     };
     assert_eq!((declared, code(err).as_str()), (64, "54000"));
+}
+
+/// Past `max_connections`, a new client is refused with FATAL 53300 (PostgreSQL's "too many clients") and the
+/// connected ones are untouched; a slot freed is a slot usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_refused_with_53300() {
+    let cluster = common::cluster();
+    let engine = common::engine(&cluster, &common::unique("catalog")).await;
+    let security = kfsql::server::auth::Security { max_connections: Some(2), ..Default::default() };
+    let (addr, _task) = kfsql::server::start_with(engine, "127.0.0.1:0", security).await.expect("server");
+    let (a, b) = (connect(addr).await, connect(addr).await);
+    let refused =
+        tokio_postgres::connect(&format!("host={} port={} user=kfsql dbname=kfsql", addr.ip(), addr.port()), NoTls)
+            .await
+            .map(|_| ())
+            .expect_err("a third client");
+    assert_eq!(refused.code().map(|c| c.code()), Some("53300"), "{refused:?}");
+    for c in [&a, &b] {
+        let one: i64 = c.query_one("SELECT 1", &[]).await.expect("still served").get(0);
+        assert_eq!(one, 1);
+    }
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let c = loop {
+        match tokio_postgres::connect(
+            &format!("host={} port={} user=kfsql dbname=kfsql", addr.ip(), addr.port()),
+            NoTls,
+        )
+        .await
+        {
+            Ok((client, conn)) => {
+                tokio::spawn(conn);
+                break client;
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "the freed slot was never reusable: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let one: i64 = c.query_one("SELECT 1", &[]).await.expect("served in the freed slot").get(0);
+    assert_eq!(one, 1);
 }

@@ -104,13 +104,18 @@ impl AuthSource for UserAuthSource {
     }
 }
 
-/// How the server authenticates and encrypts connections.
+/// How the server authenticates and encrypts connections, and how many it holds at once.
 #[derive(Clone, Default)]
 pub struct Security {
     /// None: trust every connection (only when explicitly enabled, or the embedded default on loopback).
     pub users: Option<Arc<Users>>,
     pub tls: Option<TlsAcceptor>,
+    /// Connections served at once (None: [`DEFAULT_MAX_CONNECTIONS`]); one more is answered with FATAL 53300.
+    pub max_connections: Option<usize>,
 }
+
+/// Connections served at once unless configured.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 impl std::fmt::Debug for Security {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -9,7 +9,10 @@ mod coalesce;
 mod copy_out;
 mod cursor;
 mod error;
+pub mod metrics;
 pub mod session;
+
+use metrics::Metrics;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -181,9 +184,11 @@ pub async fn serve(engine: Engine, listener: TcpListener) -> std::io::Result<()>
 /// Serve pg-wire on `listener` with the given authentication and TLS.
 pub async fn serve_with(engine: Engine, listener: TcpListener, security: auth::Security) -> std::io::Result<()> {
     let tls = security.tls.clone();
+    let slots =
+        Arc::new(tokio::sync::Semaphore::new(security.max_connections.unwrap_or(auth::DEFAULT_MAX_CONNECTIONS)));
     let handlers = Arc::new(ServerHandlers(Arc::new(Handlers::new(engine, security))));
     loop {
-        let (socket, addr) = match listener.accept().await {
+        let (mut socket, addr) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!("accept failed: {e}");
@@ -191,13 +196,40 @@ pub async fn serve_with(engine: Engine, listener: TcpListener, security: auth::S
             }
         };
         let _ = socket.set_nodelay(true);
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = socket.write_all(&too_many_clients()).await;
+                let _ = socket.shutdown().await;
+            });
+            Metrics::global().refused();
+            continue;
+        };
         let (handlers, tls) = (handlers.clone(), tls.clone());
+        let counted = Metrics::global().connection();
         tokio::spawn(async move {
+            let (_counted, _slot) = (counted, slot);
             if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                 tracing::debug!("connection {addr}: {e}");
             }
         });
     }
+}
+
+/// PostgreSQL's answer past `max_connections`, sent before reading anything: an ErrorResponse, FATAL 53300.
+fn too_many_clients() -> Vec<u8> {
+    let mut body = Vec::new();
+    for (field, value) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', "53300"), (b'M', "sorry, too many clients already")]
+    {
+        body.push(field);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut message = vec![b'E'];
+    message.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    message.extend(body);
+    message
 }
 
 /// Bind `addr` and serve; returns the bound address (useful with port 0) and the serving task.
@@ -237,8 +269,37 @@ impl PgWireServerHandlers for ServerHandlers {
 }
 
 impl Handlers {
-    /// Run one statement for a client and turn the result into a pgwire response.
+    /// Run one statement for a client and turn the result into a pgwire response, counted in [`Metrics`].
     async fn run<C>(
+        &self,
+        client: &mut C,
+        stmt: DFStatement,
+        plan: Option<LogicalPlan>,
+        format: &Format,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let start = std::time::Instant::now();
+        let mut response = self.answer(client, stmt, plan, format).await;
+        let sqlstate = match &mut response {
+            // rows may still fail while they stream: the stream counts the statement when it ends
+            Ok(Response::Query(q)) => {
+                let rows = std::mem::replace(q.data_rows(), Box::pin(stream::empty()));
+                *q.data_rows() = Box::pin(metrics::Counted::new(rows, start));
+                return response;
+            }
+            Ok(Response::Error(info)) => Some(info.code.as_str()),
+            Err(PgWireError::UserError(info)) => Some(info.code.as_str()),
+            Err(_) => Some("08006"), // the connection failed while answering
+            Ok(_) => None,
+        };
+        Metrics::global().statement(sqlstate, start.elapsed());
+        response
+    }
+
+    async fn answer<C>(
         &self,
         client: &mut C,
         stmt: DFStatement,

@@ -2,7 +2,7 @@
 
 Run by scripts/test.sh against the debug binary serving the demo (embedded Kafka):
 
-    reliability.py HOST PORT PID SERVER_LOG
+    reliability.py HOST PORT PID SERVER_LOG METRICS_PORT
 
 1. pg-wire fuzzing: mutated frontend messages (random bytes, lengths, types, truncations of valid Query / Parse /
    Bind / Execute / Startup messages), each on its own connection; after every case the server must still answer.
@@ -16,6 +16,7 @@ Run by scripts/test.sh against the debug binary serving the demo (embedded Kafka
    and no wrong answer; RSS after the first fifth and at the end printed as a figure.
 5. Two runaway cross joins while a client runs prepared point lookups: the lookups' latency (printed, with p99;
    the suite asserts answers, not times).
+6. The server's own count (`GET /metrics`) of every statement of the suite by SQLSTATE: none answered XX000.
 
 Every figure printed is measured in this run. Exit status 1 when any check fails.
 """
@@ -30,7 +31,7 @@ import time
 
 import psycopg
 
-HOST, PORT, PID, LOG = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+HOST, PORT, PID, LOG, METRICS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 DSN = f"host={HOST} port={PORT} user=kfsql dbname=kfsql"
 FAILURES = []
 
@@ -356,6 +357,18 @@ def wait_ready(seconds=180):
     return False
 
 
+def statements_by_sqlstate():
+    import urllib.request
+    text = urllib.request.urlopen(f"http://{HOST}:{METRICS}/metrics", timeout=30).read().decode()
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("kfsql_statements_total{"):
+            labels, value = line.rsplit(" ", 1)
+            code = labels.split('sqlstate="', 1)[1].split('"', 1)[0]
+            counts[code] = counts.get(code, 0) + int(float(value))
+    return counts
+
+
 def main():
     check(wait_ready(), "the server is ready (its latest view loaded) before the suite")
     if FAILURES:
@@ -366,6 +379,10 @@ def main():
     mixed(int(os.environ.get("KFSQL_RELIABILITY_SECS", "60")))
     heavy_and_lookups()
     check(alive() and answers(), "the server still answers after the suite")
+    counts = statements_by_sqlstate()
+    print(f"figure: statements the server answered during the suite, by SQLSTATE: {dict(sorted(counts.items()))}")
+    check(sum(counts.values()) > 0 and counts.get("XX000", 0) == 0,
+          "the server's own count: no statement of the suite answered XX000", f"{counts}")
     print(f"reliability: {'all passed' if not FAILURES else f'{len(FAILURES)} failed'}")
     sys.exit(1 if FAILURES else 0)
 

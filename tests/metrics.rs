@@ -1,0 +1,64 @@
+//! `GET /metrics`: the server's counts (connections, statements by outcome and SQLSTATE) and the system tables'
+//! (messages read per table, the memory pool) in Prometheus' text format. Its own test binary, so the process-wide
+//! counts are this test's alone.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+
+fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics listener");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").expect("request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("response");
+    assert!(body.starts_with("HTTP/1.1 200") || body.starts_with("HTTP/1.0 200"), "{body}");
+    body
+}
+
+/// The value of the sample named exactly `name` (with its labels), if present.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_connections_statements_and_reads() {
+    let cluster = common::cluster();
+    let engine = common::engine(&cluster, &common::unique("catalog")).await;
+    let t = common::unique("txns");
+    common::topic(&cluster, &t, 2).await;
+    let txns = kfsql::demo::generate(37, 5, Duration::from_secs(600), chrono::Utc::now(), 1);
+    kfsql::demo::produce_transactions(cluster.producer(), &t, &txns).await.expect("produce");
+    engine.query(&common::create_table_sql("tx", &t, "")).await.expect("create");
+    let metrics = kfsql::server::metrics::serve("127.0.0.1:0", engine.clone()).expect("metrics");
+    let (addr, _task) = kfsql::server::start(engine, "127.0.0.1:0").await.expect("server");
+
+    let before = scrape(metrics);
+    assert_eq!(sample(&before, "kfsql_connections"), Some(0.0), "{before}");
+    let (client, conn) =
+        tokio_postgres::connect(&format!("host=127.0.0.1 port={} user=kfsql dbname=kfsql", addr.port()), NoTls)
+            .await
+            .expect("connect");
+    tokio::spawn(conn);
+    let n: i64 = client.query_one("SELECT count(*) FROM tx", &[]).await.expect("count").get(0);
+    assert_eq!(n, 37);
+    for _ in 0..3 {
+        client.simple_query("SELECT * FROM no_such_table").await.expect_err("42P01");
+    }
+    client.simple_query("SELECT 1/0").await.expect_err("22012");
+
+    let text = scrape(metrics);
+    assert_eq!(sample(&text, "kfsql_connections"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, r#"kfsql_statements_total{outcome="error",sqlstate="42P01"}"#), Some(3.0), "{text}");
+    assert_eq!(sample(&text, r#"kfsql_statements_total{outcome="error",sqlstate="22012"}"#), Some(1.0), "{text}");
+    assert!(sample(&text, r#"kfsql_statements_total{outcome="ok",sqlstate="00000"}"#).is_some_and(|n| n >= 1.0));
+    assert_eq!(sample(&text, r#"kfsql_table_messages_total{table="tx"}"#), Some(37.0), "{text}");
+    assert_eq!(sample(&text, r#"kfsql_table_bad_messages_total{table="tx"}"#), Some(0.0), "{text}");
+    assert!(sample(&text, "kfsql_memory_pool_reserved_bytes").is_some(), "{text}");
+    assert!(text.contains("# TYPE kfsql_statement_answer_seconds histogram"), "{text}");
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sample(&scrape(metrics), "kfsql_connections"), Some(0.0));
+}

@@ -227,6 +227,54 @@ impl Engine {
         &self.inner
     }
 
+    /// A prepared plan with its placeholders replaced by `parameters` (an EXECUTE's values: literals, simplified
+    /// first so `-1` or `'a' || 'b'` are literals too), cast to the declared `fields` when there are any.
+    pub fn bind(
+        &self,
+        plan: &LogicalPlan,
+        fields: &[datafusion::arrow::datatypes::FieldRef],
+        parameters: Vec<datafusion::logical_expr::Expr>,
+    ) -> Result<LogicalPlan> {
+        use datafusion::logical_expr::simplify::SimplifyContext;
+        use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+        let state = self.inner.ctx.state();
+        let context = SimplifyContext::builder()
+            .with_schema(Arc::clone(plan.schema()))
+            .with_config_options(Arc::clone(state.config_options()))
+            .with_query_execution_start_time(state.execution_props().query_execution_start_time)
+            .build();
+        let simplifier = ExprSimplifier::new(context);
+        let mut values = Vec::with_capacity(parameters.len());
+        for p in parameters {
+            match simplifier.simplify(p).map_err(KfsqlError::from_datafusion)? {
+                datafusion::logical_expr::Expr::Literal(scalar, metadata) => {
+                    values.push(datafusion::common::metadata::ScalarAndMetadata::new(scalar, metadata))
+                }
+                other => {
+                    return Err(KfsqlError::Unsupported(format!("EXECUTE parameter {other}: only constant values")));
+                }
+            }
+        }
+        let expected = plan.get_parameter_types().map_err(KfsqlError::from_datafusion)?.len().max(fields.len());
+        if values.len() != expected {
+            return Err(KfsqlError::Syntax(format!(
+                "wrong number of parameters for prepared statement: expected {expected}, got {}",
+                values.len()
+            )));
+        }
+        if !fields.is_empty() {
+            values = values
+                .into_iter()
+                .zip(fields)
+                .map(|(v, f)| v.cast_storage_to(f.data_type()))
+                .collect::<DfResult<_>>()
+                .map_err(KfsqlError::from_datafusion)?;
+        }
+        plan.clone()
+            .replace_params_with_values(&datafusion::common::ParamValues::List(values))
+            .map_err(KfsqlError::from_datafusion)
+    }
+
     /// Bytes reserved in the statement memory pool now.
     pub fn memory_reserved(&self) -> usize {
         self.inner.ctx.runtime_env().memory_pool.reserved()

@@ -56,6 +56,12 @@ pub enum KfsqlError {
     /// A statement too deeply nested to parse safely (54001, PostgreSQL's "stack depth limit exceeded").
     #[error("{0}")]
     TooComplex(String),
+    /// EXECUTE or DEALLOCATE of a statement the connection has not prepared (26000).
+    #[error("{0}")]
+    UnknownPrepared(String),
+    /// PREPARE of a name the connection already uses (42P05).
+    #[error("{0}")]
+    DuplicatePrepared(String),
     /// DECLARE of a cursor name the connection already uses (42P03).
     #[error("cursor \"{0}\" already exists")]
     DuplicateCursor(String),
@@ -76,6 +82,8 @@ impl KfsqlError {
             KfsqlError::UnknownCursor(_) => "34000",
             KfsqlError::DuplicateCursor(_) => "42P03",
             KfsqlError::LimitExceeded(_) => "54000",
+            KfsqlError::UnknownPrepared(_) => "26000",
+            KfsqlError::DuplicatePrepared(_) => "42P05",
             KfsqlError::TooComplex(_) => "54001",
             KfsqlError::UndefinedTable(_) => "42P01",
             KfsqlError::UndefinedColumn(_) => "42703",
@@ -132,6 +140,8 @@ impl KfsqlError {
             KfsqlError::UnknownCursor(m) => KfsqlError::UnknownCursor(m.clone()),
             KfsqlError::DuplicateCursor(m) => KfsqlError::DuplicateCursor(m.clone()),
             KfsqlError::LimitExceeded(m) => KfsqlError::LimitExceeded(m.clone()),
+            KfsqlError::UnknownPrepared(m) => KfsqlError::UnknownPrepared(m.clone()),
+            KfsqlError::DuplicatePrepared(m) => KfsqlError::DuplicatePrepared(m.clone()),
             KfsqlError::TooComplex(m) => KfsqlError::TooComplex(m.clone()),
             // every variant is listed, so a new one cannot lose its SQLSTATE here unnoticed
             KfsqlError::Internal(m) => KfsqlError::Internal(m.clone()),

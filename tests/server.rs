@@ -563,3 +563,36 @@ async fn connections_past_the_limit_are_refused_with_53300() {
     let one: i64 = c.query_one("SELECT 1", &[]).await.expect("served in the freed slot").get(0);
     assert_eq!(one, 1);
 }
+
+/// SQL PREPARE / EXECUTE / DEALLOCATE are the connection's own, as in PostgreSQL: another connection neither sees
+/// nor collides with them, DISCARD ALL and the connection's end drop them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_prepared_statements_belong_to_their_connection() {
+    let addr = demo_server(10).await;
+    let (a, b) = (connect(addr).await, connect(addr).await);
+    let code = |e: tokio_postgres::Error| e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("{e}"));
+    let first = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
+        rows.into_iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+    };
+    a.batch_execute("PREPARE p AS SELECT count(*) + $1 FROM tx").await.expect("prepare");
+    assert_eq!(first(a.simple_query("EXECUTE p(32)").await.expect("execute")).as_deref(), Some("42"));
+    assert_eq!(code(b.simple_query("EXECUTE p(1)").await.expect_err("a's statement")), "26000");
+    assert_eq!(code(a.simple_query("EXECUTE p(1, 2)").await.expect_err("one parameter, two values")), "42601");
+    b.batch_execute("PREPARE p AS SELECT 'b'").await.expect("b's own p");
+    assert_eq!(first(b.simple_query("EXECUTE p").await.expect("b's p")).as_deref(), Some("b"));
+    assert_eq!(code(a.batch_execute("PREPARE p AS SELECT 1").await.expect_err("taken")), "42P05");
+    a.batch_execute("PREPARE typed(BIGINT) AS SELECT $1 * 2").await.expect("typed");
+    assert_eq!(first(a.simple_query("EXECUTE typed(-21)").await.expect("execute")).as_deref(), Some("-42"));
+    assert_eq!(code(a.simple_query("EXECUTE typed(1, 2)").await.expect_err("two values for one")), "42601");
+    a.batch_execute("DEALLOCATE p").await.expect("deallocate");
+    assert_eq!(code(a.simple_query("EXECUTE p(1)").await.expect_err("deallocated")), "26000");
+    a.batch_execute("DISCARD ALL").await.expect("discard");
+    assert_eq!(code(a.simple_query("EXECUTE typed(1)").await.expect_err("discarded")), "26000");
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = connect(addr).await;
+    assert_eq!(code(c.simple_query("EXECUTE p").await.expect_err("gone with b")), "26000");
+}

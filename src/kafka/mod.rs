@@ -39,8 +39,8 @@ impl ClientContext for KfsqlContext {
 
 impl ConsumerContext for KfsqlContext {}
 
-/// Errors a consumer reports while librdkafka reconnects on its own (a broker connection dropped, all connections
-/// momentarily down, a request timed out): worth waiting out, up to a caller's stall timeout.
+/// Errors a consumer reports while librdkafka reconnects on its own (a broker connection dropped or destroyed, all
+/// connections momentarily down, a request timed out): worth waiting out, up to a caller's stall timeout.
 pub fn is_transient(e: &KafkaError) -> bool {
     use RDKafkaErrorCode as C;
     let code = match e {
@@ -57,6 +57,9 @@ pub fn is_transient(e: &KafkaError) -> bool {
             | C::BrokerNotAvailable
             | C::LeaderNotAvailable
             | C::NotLeaderForPartition
+            // librdkafka destroys the handle of a broker that left the cluster's metadata (a killed leader) while
+            // a request still waits on it; the retry goes to the live brokers
+            | C::DestroyBroker
     )
 }
 

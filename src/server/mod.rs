@@ -10,6 +10,7 @@ mod copy_out;
 mod cursor;
 mod error;
 pub mod metrics;
+mod prepared;
 pub mod session;
 
 use metrics::Metrics;
@@ -310,9 +311,23 @@ impl Handlers {
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if let DFStatement::Statement(s) = &stmt
+            && matches!(
+                s.as_ref(),
+                SqlStatement::Prepare { .. } | SqlStatement::Execute { .. } | SqlStatement::Deallocate { .. }
+            )
+        {
+            return self.prepared_statement(client, stmt, format).await;
+        }
         if let Some(cmd) = session::classify(&stmt) {
             if matches!(cmd, SessionCommand::Commit | SessionCommand::Rollback) {
                 cursors(client).end_transaction();
+            }
+            if cmd == SessionCommand::NoOp("DISCARD ALL") {
+                // the session's own state goes: cursors and prepared statements (settings: RESET ALL below)
+                client.session_extensions().insert(cursor::Cursors::default());
+                client.session_extensions().insert(prepared::PreparedStatements::default());
+                session::reset(client.metadata_mut(), "all");
             }
             return Ok(self.session_command(client.metadata_mut(), cmd, format));
         }
@@ -350,6 +365,21 @@ impl Handlers {
             None => self.engine.execute_within(stmt, limit).await,
         }
         .map_err(to_pg)?;
+        self.output_response(client, out, is_insert, format).await
+    }
+
+    /// A statement's output as a pgwire response: its NOTICEs first, then rows or a command tag.
+    async fn output_response<C>(
+        &self,
+        client: &mut C,
+        out: Output,
+        is_insert: bool,
+        format: &Format,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
         let (notices, out) = out.take_notices();
         notify(client, notices).await?;
         match out {
@@ -366,6 +396,54 @@ impl Handlers {
                 Ok(Response::Execution(t))
             }
             Output::Noticed { .. } => Err(to_pg(KfsqlError::Internal("notices left wrapped".into()))),
+        }
+    }
+
+    /// PREPARE, EXECUTE and DEALLOCATE in SQL, kept in the connection's own store (see [`prepared`]).
+    async fn prepared_statement<C>(&self, client: &mut C, stmt: DFStatement, format: &Format) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        use datafusion::logical_expr::{Execute, Prepare, Statement as PlanStatement};
+        let store = client.session_extensions().get_or_insert_with(prepared::PreparedStatements::default);
+        let DFStatement::Statement(s) = &stmt else { return Err(to_pg(KfsqlError::Internal("not SQL".into()))) };
+        match s.as_ref() {
+            SqlStatement::Deallocate { name, .. } => {
+                let which =
+                    (!name.value.eq_ignore_ascii_case("all") || name.quote_style.is_some()).then_some(&name.value);
+                store.deallocate(which.map(String::as_str)).map_err(to_pg)?;
+                Ok(Response::Execution(Tag::new("DEALLOCATE")))
+            }
+            SqlStatement::Prepare { statement, .. } => {
+                let user = client.metadata().get(pgwire::api::METADATA_USER).cloned();
+                let inner = DFStatement::Statement(statement.clone());
+                if self.security.is_read_only(user.as_deref()) && writes(&inner) {
+                    return Err(to_pg(KfsqlError::PermissionDenied(format!(
+                        "user \"{}\" is read-only: it may query but not create, drop, insert or export",
+                        user.unwrap_or_default()
+                    ))));
+                }
+                match self.engine.plan(stmt).await.map_err(to_pg)? {
+                    LogicalPlan::Statement(PlanStatement::Prepare(Prepare { name, fields, input })) => {
+                        let plan = input.as_ref().clone();
+                        store.prepare(&name, prepared::SqlPrepared { fields, plan }).map_err(to_pg)?;
+                        Ok(Response::Execution(Tag::new("PREPARE")))
+                    }
+                    _ => Err(to_pg(KfsqlError::Internal("PREPARE planned into something else".into()))),
+                }
+            }
+            _ => match self.engine.plan(stmt).await.map_err(to_pg)? {
+                LogicalPlan::Statement(PlanStatement::Execute(Execute { name, parameters })) => {
+                    let prepared = store.get(&name).map_err(to_pg)?;
+                    let plan = self.engine.bind(&prepared.plan, &prepared.fields, parameters).map_err(to_pg)?;
+                    let is_insert = matches!(&plan, LogicalPlan::Dml(_));
+                    let limit = session::statement_timeout(client.metadata());
+                    let out = self.engine.execute_plan_within(plan, limit).await.map_err(to_pg)?;
+                    self.output_response(client, out, is_insert, format).await
+                }
+                _ => Err(to_pg(KfsqlError::Internal("EXECUTE planned into something else".into()))),
+            },
         }
     }
 

@@ -92,7 +92,8 @@ pub async fn produce(producer: &FutureProducer, topic: &str, msgs: Vec<Msg>) {
         if let Some(p) = m.partition {
             r = r.partition(p);
         }
-        acks.push(producer.send_result(r).map_err(|(e, _)| e).expect("enqueue"));
+        // waits while the producer's queue is full (a broker down holds messages back)
+        acks.push(kfsql::kafka::send_with_retry(producer, r).await.expect("enqueue"));
     }
     for a in acks {
         a.await.expect("delivery").expect("ack");

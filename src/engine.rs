@@ -290,9 +290,10 @@ impl Engine {
     /// The rewrites that give Postgres meaning to what DataFusion reads differently happen when a statement is
     /// prepared for planning.
     pub fn parse(&self, sql_text: &str) -> Result<Vec<DFStatement>> {
-        sql::check_nesting(sql_text)?;
         match sql::parse(sql_text) {
             Ok(stmts) => Ok(stmts.into_iter().collect()),
+            // too deep for either parser: the nesting check runs before kfsql's, and must not be bypassed here
+            Err(e @ KfsqlError::TooComplex(_)) => Err(e),
             Err(first) => datafusion::sql::sqlparser::parser::Parser::parse_sql(
                 &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
                 sql_text,
@@ -882,9 +883,10 @@ fn export_path(dir: &Path, target: &str) -> Result<PathBuf> {
             dir.display()
         )));
     }
+    let io = |what: &Path, e: std::io::Error| KfsqlError::Internal(format!("{}: {e}", what.display()));
+    let base = std::path::absolute(dir).map_err(|e| io(dir, e))?;
     let requested = Path::new(target);
     let relative = if requested.is_absolute() {
-        let base = std::path::absolute(dir).map_err(|e| KfsqlError::Internal(e.to_string()))?;
         requested.strip_prefix(&base).map(Path::to_path_buf).map_err(|_| {
             KfsqlError::PermissionDenied(format!(
                 "COPY may only write inside the export directory {} (got {target})",
@@ -900,9 +902,8 @@ fn export_path(dir: &Path, target: &str) -> Result<PathBuf> {
             dir.display()
         )));
     }
-    let io = |what: &Path, e: std::io::Error| KfsqlError::Internal(format!("{}: {e}", what.display()));
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let mut path = std::path::absolute(dir).map_err(|e| io(dir, e))?;
+    std::fs::create_dir_all(&base).map_err(|e| io(&base, e))?;
+    let mut path = base;
     let count = relative.components().count();
     for (i, part) in relative.components().enumerate() {
         path.push(part);

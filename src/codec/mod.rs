@@ -13,11 +13,11 @@ pub use json::JsonDecoder;
 pub use key::KeyFormat;
 pub use message::MessageDecoder;
 
-/// What a scan does with a message whose payload does not decode into the table's schema.
 /// The event times a table accepts unless its `event_time_range` option says otherwise: [1900-01-01, 2200-01-01),
 /// in nanoseconds since the epoch. A message outside is a bad message.
 pub const DEFAULT_TIME_RANGE: (i64, i64) = (-2_208_988_800_000_000_000, 7_258_118_400_000_000_000);
 
+/// What a scan does with a message whose payload does not decode into the table's schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BadMessagePolicy {
     /// Leave the message out and count it (the default).

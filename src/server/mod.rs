@@ -324,7 +324,7 @@ impl Handlers {
                 cursors(client).end_transaction();
             }
             if cmd == SessionCommand::NoOp("DISCARD ALL") {
-                // the session's own state goes: cursors and prepared statements (settings: RESET ALL below)
+                // the session's own state goes: cursors, prepared statements and settings
                 client.session_extensions().insert(cursor::Cursors::default());
                 client.session_extensions().insert(prepared::PreparedStatements::default());
                 session::reset(client.metadata_mut(), "all");
@@ -351,13 +351,7 @@ impl Handlers {
                 }
             };
         }
-        let user = client.metadata().get(pgwire::api::METADATA_USER).cloned();
-        if self.security.is_read_only(user.as_deref()) && writes(&stmt) {
-            return Err(to_pg(KfsqlError::PermissionDenied(format!(
-                "user \"{}\" is read-only: it may query but not create, drop, insert or export",
-                user.unwrap_or_default()
-            ))));
-        }
+        self.may_run(client, &stmt)?;
         let is_insert = matches!(&stmt, DFStatement::Statement(s) if matches!(s.as_ref(), SqlStatement::Insert(_)));
         let limit = session::statement_timeout(client.metadata());
         let out = match plan {
@@ -366,6 +360,18 @@ impl Handlers {
         }
         .map_err(to_pg)?;
         self.output_response(client, out, is_insert, format).await
+    }
+
+    /// The rights check: a read-only user may not run a statement that writes (42501).
+    fn may_run<C: ClientInfo>(&self, client: &C, stmt: &DFStatement) -> PgWireResult<()> {
+        let user = client.metadata().get(pgwire::api::METADATA_USER);
+        if self.security.is_read_only(user.map(String::as_str)) && writes(stmt) {
+            return Err(to_pg(KfsqlError::PermissionDenied(format!(
+                "user \"{}\" is read-only: it may query but not create, drop, insert or export",
+                user.map(String::as_str).unwrap_or_default()
+            ))));
+        }
+        Ok(())
     }
 
     /// A statement's output as a pgwire response: its NOTICEs first, then rows or a command tag.
@@ -416,14 +422,7 @@ impl Handlers {
                 Ok(Response::Execution(Tag::new("DEALLOCATE")))
             }
             SqlStatement::Prepare { statement, .. } => {
-                let user = client.metadata().get(pgwire::api::METADATA_USER).cloned();
-                let inner = DFStatement::Statement(statement.clone());
-                if self.security.is_read_only(user.as_deref()) && writes(&inner) {
-                    return Err(to_pg(KfsqlError::PermissionDenied(format!(
-                        "user \"{}\" is read-only: it may query but not create, drop, insert or export",
-                        user.unwrap_or_default()
-                    ))));
-                }
+                self.may_run(client, &DFStatement::Statement(statement.clone()))?;
                 match self.engine.plan(stmt).await.map_err(to_pg)? {
                     LogicalPlan::Statement(PlanStatement::Prepare(Prepare { name, fields, input })) => {
                         let plan = input.as_ref().clone();

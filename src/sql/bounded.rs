@@ -37,6 +37,17 @@ enum Size {
     Range,
 }
 
+impl Size {
+    /// The most one call may produce, and of what.
+    fn bound(self) -> (i128, &'static str) {
+        match self {
+            Size::Length => (MAX_OUTPUT, "characters"),
+            Size::Repeat => (MAX_OUTPUT, "bytes"),
+            Size::Count | Size::Range => (MAX_ELEMENTS, "elements"),
+        }
+    }
+}
+
 /// Replace the functions with bounded ones in `ctx`.
 pub fn register(ctx: &SessionContext) {
     let state = ctx.state();
@@ -76,7 +87,7 @@ impl Hash for Bounded {
 }
 
 impl Bounded {
-    /// The output the call would produce; an error when it passes [`MAX_OUTPUT`].
+    /// The output the call would produce; an error when it passes its kind's [`Size::bound`].
     fn check(&self, args: &ScalarFunctionArgs) -> Result<()> {
         let rows = args.number_rows;
         let ints = |i: usize| -> Result<Option<ArrayRef>> {
@@ -120,19 +131,11 @@ impl Bounded {
                 _ => 0,
             },
         };
-        let limit = match self.size {
-            Size::Length | Size::Repeat => MAX_OUTPUT,
-            Size::Count | Size::Range => MAX_ELEMENTS,
-        };
+        let (limit, unit) = self.size.bound();
         if requested > limit {
             return Err(KfsqlError::LimitExceeded(format!(
-                "requested length too large: {}() would produce {requested} {} (at most {limit} per call)",
+                "requested length too large: {}() would produce {requested} {unit} (at most {limit} per call)",
                 self.inner.name(),
-                match self.size {
-                    Size::Length => "characters",
-                    Size::Repeat => "bytes",
-                    Size::Count | Size::Range => "elements",
-                }
             ))
             .into_datafusion());
         }

@@ -42,8 +42,7 @@ pub const MAX_BRACKET_NESTING: usize = 8;
 /// Refuse SQL nested deeper than [`MAX_NESTING`] or [`MAX_BRACKET_NESTING`] before parsing it, counting brackets
 /// outside quotes and `--` comments. PostgreSQL answers too deep a statement with 54001.
 pub fn check_nesting(sql: &str) -> Result<()> {
-    let mut open: Vec<char> = Vec::new();
-    let (mut deepest, mut deepest_brackets, mut brackets) = (0usize, 0usize, 0usize);
+    let (mut open, mut brackets): (Vec<char>, usize) = (Vec::new(), 0);
     let mut quote: Option<char> = None;
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
@@ -61,8 +60,6 @@ pub fn check_nesting(sql: &str) -> Result<()> {
             (None, '(' | '[') => {
                 open.push(c);
                 brackets += usize::from(c == '[');
-                deepest = deepest.max(open.len());
-                deepest_brackets = deepest_brackets.max(brackets);
             }
             (None, ')' | ']') => {
                 if open.pop() == Some('[') {
@@ -71,7 +68,8 @@ pub fn check_nesting(sql: &str) -> Result<()> {
             }
             (None, _) => {}
         }
-        if deepest > MAX_NESTING || deepest_brackets > MAX_BRACKET_NESTING {
+        // checked at every character, so the deepest level so far is the current one
+        if open.len() > MAX_NESTING || brackets > MAX_BRACKET_NESTING {
             return Err(KfsqlError::TooComplex(format!(
                 "statement nested too deeply: at most {MAX_NESTING} levels of parentheses and brackets, \
                  {MAX_BRACKET_NESTING} of them square brackets"

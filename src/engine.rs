@@ -141,6 +141,7 @@ impl Engine {
             .with_default_features()
             .with_table_factory("KAFKA".into(), factory.clone())
             .with_query_planner(Arc::new(crate::asof::AsofQueryPlanner))
+            .with_analyzer_rule(Arc::new(sql::checked::CheckedArithmetic::new()))
             .build();
         let ctx = SessionContext::new_with_state(state);
         datafusion_pg_catalog::setup_pg_catalog(&ctx, &config.database, EmptyContextProvider)

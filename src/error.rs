@@ -160,6 +160,12 @@ fn df_message(e: &DataFusionError) -> String {
         DataFusionError::Plan(m) | DataFusionError::Execution(m) => m.clone(),
         DataFusionError::NotImplemented(m) => format!("not supported: {m}"),
         DataFusionError::SchemaError(inner, _) => inner.to_string(),
+        // a kernel's failure in PostgreSQL's words where it has them, else arrow's, without "Arrow error:"
+        DataFusionError::ArrowError(inner, _) => match inner.as_ref() {
+            datafusion::arrow::error::ArrowError::ArithmeticOverflow(m) => m.clone(),
+            datafusion::arrow::error::ArrowError::DivideByZero => "division by zero".into(),
+            other => other.to_string(),
+        },
         root => root.to_string(),
     }
 }

@@ -4,6 +4,7 @@
 //! ([`pg_functions`]), and the bounds on functions whose output size a client picks ([`bounded`]).
 
 pub mod bounded;
+pub mod checked;
 pub mod dialect;
 pub mod pg_catalog;
 pub mod pg_functions;

@@ -168,7 +168,7 @@ def fuzz(seconds):
 
 BAD_SQL = [
     "SELEC 1", "SELECT * FROM no_such_table", "SELECT no_such_column FROM transactions", "SELECT $1",
-    "SELECT factorial(100)", "SELECT make_date(2026, 13, 40)", "EXECUTE nosuch", "SELECT 1/0",
+    "SELECT factorial(100)", "SELECT 9223372036854775807 + 1", "SELECT make_date(2026, 13, 40)", "EXECUTE nosuch", "SELECT 1/0",
     "SET extra_float_digits = 'abc'", "SET statement_timeout = 'soon'", "SET datafusion.runtime.memory_limit = '1K'",
     "SELECT lpad('a', 2147483647, 'b')", "SELECT repeat('x', 2000000000)", "SELECT array_repeat(1, 2000000000)",
     "SELECT range(1, 100000000000)", "SELECT 'ARRAY'" + " || ARRAY[" * 30 + "1",

@@ -59,7 +59,11 @@ fn millis(batch: &RecordBatch, i: usize) -> Vec<i64> {
 async fn load_topic(engine: &Engine, cluster: &KafkaCluster, table: &str, extra: &str, topic: &str) -> usize {
     let producer = common::producer(cluster, 20);
     let stmt = engine.parse(&format!("SELECT k, t, {extra} FROM {table}")).expect("parse").remove(0);
-    let Output::Rows(stream) = engine.execute(stmt).await.expect("read parquet") else { panic!("rows expected") };
+    let Output::Rows(stream) =
+        engine.execute(kfsql::Command::classify(stmt).expect("a query")).await.expect("read parquet")
+    else {
+        panic!("rows expected")
+    };
     let batches: Vec<RecordBatch> = stream.try_collect().await.expect("rows");
     let mut n = 0;
     let mut json = String::new();

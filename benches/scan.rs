@@ -60,7 +60,10 @@ fn raw_consume(cluster: &KafkaCluster, topic: &str, highs: &[i64]) -> (u64, Dura
 async fn kfsql_scan(engine: &Engine) -> (u64, Duration) {
     let start = Instant::now();
     let stmt = engine.parse("SELECT count(*), avg(amount) FROM bench").expect("parse").remove(0);
-    let Output::Rows(stream) = engine.execute(stmt).await.expect("query") else { panic!("rows expected") };
+    let Output::Rows(stream) = engine.execute(kfsql::Command::classify(stmt).expect("a query")).await.expect("query")
+    else {
+        panic!("rows expected")
+    };
     let batches: Vec<_> = stream.try_collect().await.expect("rows");
     let n =
         batches[0].column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().expect("count").value(0);

@@ -20,7 +20,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{RecordBatchStream, collect, execute_stream};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
-use datafusion::sql::sqlparser::ast::{ObjectType, Statement as SqlStatement};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use futures::{Stream, StreamExt, TryStreamExt};
 
@@ -29,6 +29,7 @@ use crate::error::{KfsqlError, Result};
 use crate::kafka::KafkaCluster;
 use crate::scheduler::Lane;
 use crate::sql;
+use crate::sql::command::Command;
 use crate::table::{KafkaTable, KafkaTableFactory, TableDefinition};
 
 /// Settings of one engine.
@@ -308,7 +309,7 @@ impl Engine {
     pub async fn query(&self, sql_text: &str) -> Result<Vec<(Option<SchemaRef>, Vec<RecordBatch>, String)>> {
         let mut out = Vec::new();
         for stmt in self.parse(sql_text)? {
-            let (notices, output) = self.execute(stmt).await?.take_notices();
+            let (notices, output) = self.execute(Command::classify(stmt)?).await?.take_notices();
             for n in notices {
                 tracing::info!("NOTICE: {n}");
             }
@@ -355,16 +356,19 @@ impl Engine {
             .map_err(|_| KfsqlError::Internal("planning ended without an answer".into()))?
     }
 
-    /// Run one statement under the query timeout.
-    pub async fn execute(&self, stmt: DFStatement) -> Result<Output> {
-        self.execute_within(stmt, None).await
+    /// Run one command under the query timeout.
+    pub async fn execute(&self, cmd: Command) -> Result<Output> {
+        self.execute_within(cmd, None).await
     }
 
     /// Run one statement under the query timeout, or under `limit` when that is shorter (a session's
     /// `statement_timeout`: a client may shorten the server's limit, never lift it).
-    pub async fn execute_within(&self, stmt: DFStatement, limit: Option<Duration>) -> Result<Output> {
-        let lane = Lane::of_statement(&stmt);
-        self.with_deadline(lane, limit, move |inner| Box::pin(async move { inner.execute(stmt).await })).await
+    pub async fn execute_within(&self, cmd: Command, limit: Option<Duration>) -> Result<Output> {
+        let lane = match &cmd {
+            Command::Query(stmt) | Command::Statement(stmt) => Lane::of_statement(stmt),
+            _ => Lane::Query,
+        };
+        self.with_deadline(lane, limit, move |inner| Box::pin(async move { inner.execute(cmd).await })).await
     }
 
     /// Run an already-planned statement (extended protocol: plan once at Parse, execute at Execute).
@@ -603,42 +607,36 @@ impl EngineInner {
         })
     }
 
-    async fn execute(&self, stmt: DFStatement) -> Result<Output> {
-        if let DFStatement::Statement(s) = &stmt {
-            match s.as_ref() {
-                SqlStatement::Drop { object_type: ObjectType::Table, if_exists, names, .. } => {
-                    return self.drop_tables(names.iter().map(|n| n.to_string()).collect(), *if_exists).await;
-                }
-                SqlStatement::Drop { object_type: ObjectType::MaterializedView, if_exists, names, .. } => {
-                    return self
-                        .drop_materialized_views(names.iter().map(|n| n.to_string()).collect(), *if_exists)
-                        .await;
-                }
-                SqlStatement::ShowViews { materialized: true, .. } => {
-                    let stmt = sql::parse(
-                        "SELECT name, state, input_lag, rows_in, rows_out, late_events, watermark, emitted_until, \
-                         last_error FROM kfsql.pipelines ORDER BY name",
-                    )?
-                    .pop_front()
-                    .ok_or_else(|| KfsqlError::Internal("empty".into()))?;
-                    let plan = self.ctx.state().statement_to_plan(stmt).await?;
-                    return self.run_plan(plan).await;
-                }
-                SqlStatement::CreateView(view) if view.materialized => {
-                    return self.create_materialized_view(view).await;
-                }
-                SqlStatement::ShowTables { .. } => {
-                    let stmt = sql::parse("SELECT * FROM kfsql.tables ORDER BY table_name")?
-                        .pop_front()
-                        .ok_or_else(|| KfsqlError::Internal("empty".into()))?;
-                    let plan = self.ctx.state().statement_to_plan(stmt).await?;
-                    return self.run_plan(plan).await;
-                }
-                _ => {}
+    /// Run a command: kfsql's own statements here, every other one planned by DataFusion. Commands on a
+    /// connection's own state (settings, cursors, prepared statements, COPY TO STDOUT) are the server's.
+    async fn execute(&self, cmd: Command) -> Result<Output> {
+        match cmd {
+            Command::DropTables { names, if_exists } => self.drop_tables(names, if_exists).await,
+            Command::DropMaterializedViews { names, if_exists } => self.drop_materialized_views(names, if_exists).await,
+            Command::CreateMaterializedView(view) => self.create_materialized_view(&view).await,
+            Command::ShowMaterializedViews => {
+                self.run_sql(
+                    "SELECT name, state, input_lag, rows_in, rows_out, late_events, watermark, emitted_until, \
+                     last_error FROM kfsql.pipelines ORDER BY name",
+                )
+                .await
             }
+            Command::ShowTables => self.run_sql("SELECT * FROM kfsql.tables ORDER BY table_name").await,
+            Command::Query(stmt) | Command::Statement(stmt) => {
+                let stmt = self.prepare(stmt)?;
+                let plan = self.ctx.state().statement_to_plan(stmt).await.map_err(KfsqlError::from_datafusion)?;
+                self.run_plan(plan).await
+            }
+            other => Err(KfsqlError::Unsupported(format!(
+                "{other:?} belongs to a client connection's session: connect over the Postgres protocol"
+            ))),
         }
-        let stmt = self.prepare(stmt)?;
-        let plan = self.ctx.state().statement_to_plan(stmt).await.map_err(KfsqlError::from_datafusion)?;
+    }
+
+    /// Run one of kfsql's own queries (over its system tables).
+    async fn run_sql(&self, sql_text: &str) -> Result<Output> {
+        let stmt = sql::parse(sql_text)?.pop_front().ok_or_else(|| KfsqlError::Internal("empty".into()))?;
+        let plan = self.ctx.state().statement_to_plan(stmt).await?;
         self.run_plan(plan).await
     }
 

@@ -24,3 +24,4 @@ pub mod wait;
 
 pub use engine::{Engine, EngineConfig, Output};
 pub use error::{KfsqlError, Result};
+pub use sql::command::Command;

@@ -312,7 +312,11 @@ async fn three_brokers_fail_over_under_reads_writes_and_pipelines() {
 
     // 1. a scan: read one batch, kill the busiest leader, read the rest
     let stmt = engine.parse("SELECT id, v FROM events").expect("parse").remove(0);
-    let kfsql::Output::Rows(mut stream) = engine.execute(stmt).await.expect("scan starts") else { panic!("rows") };
+    let kfsql::Output::Rows(mut stream) =
+        engine.execute(kfsql::Command::classify(stmt).expect("a query")).await.expect("scan starts")
+    else {
+        panic!("rows")
+    };
     let mut ids = std::collections::BTreeSet::new();
     let mut sum = 0i64;
     let mut take = |b: &datafusion::arrow::array::RecordBatch, ids: &mut std::collections::BTreeSet<i64>| {
@@ -635,7 +639,11 @@ async fn deleting_records_under_a_running_scan_fails_it_clearly() {
     let engine = common::engine(&cluster, &common::unique("_cat_deleted")).await;
     declare(&engine, "t", &topic, "").await;
     let stmt = engine.parse("SELECT id FROM t").expect("parse").remove(0);
-    let kfsql::Output::Rows(mut stream) = engine.execute(stmt).await.expect("scan starts") else { panic!("rows") };
+    let kfsql::Output::Rows(mut stream) =
+        engine.execute(kfsql::Command::classify(stmt).expect("a query")).await.expect("scan starts")
+    else {
+        panic!("rows")
+    };
     let mut seen = stream.next().await.expect("a batch").expect("first batch").num_rows();
     let admin: AdminClient<DefaultClientContext> = cluster.consumer_config().create().expect("admin");
     let mut tpl = TopicPartitionList::new();

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::sql::sqlparser::ast::{CloseCursor, FetchDirection, Statement, Value};
+use datafusion::sql::sqlparser::ast::{CloseCursor, FetchDirection, Value};
 use futures::StreamExt;
 
 use crate::error::KfsqlError;
@@ -125,12 +125,4 @@ impl Cursors {
             open.retain(|_, cursor| cursor.hold);
         }
     }
-}
-
-/// `DECLARE … CURSOR FOR query`: (name, hold, query).
-pub fn declared(stmt: &Statement) -> Option<(String, bool, Box<datafusion::sql::sqlparser::ast::Query>)> {
-    let Statement::Declare { stmts } = stmt else { return None };
-    let [declare] = stmts.as_slice() else { return None };
-    let name = declare.names.first()?.value.clone();
-    Some((name, declare.hold.unwrap_or(false), declare.for_query.clone()?))
 }

@@ -15,7 +15,6 @@ pub mod session;
 
 use metrics::Metrics;
 
-use std::collections::HashMap;
 use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,14 +47,14 @@ use tokio::net::TcpListener;
 
 use crate::engine::{Engine, Output};
 use crate::error::KfsqlError;
+use crate::sql::command::{Command, SessionCommand};
 pub use error::to_pg;
-use session::SessionCommand;
 
 /// A statement prepared through the extended protocol: parsed once, and for queries planned once.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     pub sql: String,
-    pub statement: Option<DFStatement>,
+    pub command: Option<Command>,
     /// The logical plan of a query, with `$n` placeholders; None for commands.
     pub plan: Option<LogicalPlan>,
     /// A point lookup on a latest view, recognised once here and answered from memory at each execution.
@@ -274,7 +273,7 @@ impl Handlers {
     async fn run<C>(
         &self,
         client: &mut C,
-        stmt: DFStatement,
+        cmd: Command,
         plan: Option<LogicalPlan>,
         format: &Format,
     ) -> PgWireResult<Response>
@@ -283,7 +282,7 @@ impl Handlers {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let start = std::time::Instant::now();
-        let mut response = self.answer(client, stmt, plan, format).await;
+        let mut response = self.answer(client, cmd, plan, format).await;
         let sqlstate = match &mut response {
             // rows may still fail while they stream: the stream counts the statement when it ends
             Ok(Response::Query(q)) => {
@@ -300,10 +299,11 @@ impl Handlers {
         response
     }
 
+    /// Answer one command: the rights check, then the connection's own state or the engine, by the command's kind.
     async fn answer<C>(
         &self,
         client: &mut C,
-        stmt: DFStatement,
+        cmd: Command,
         plan: Option<LogicalPlan>,
         format: &Format,
     ) -> PgWireResult<Response>
@@ -311,193 +311,61 @@ impl Handlers {
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        if let DFStatement::Statement(s) = &stmt
-            && matches!(
-                s.as_ref(),
-                SqlStatement::Prepare { .. } | SqlStatement::Execute { .. } | SqlStatement::Deallocate { .. }
-            )
-        {
-            return self.prepared_statement(client, stmt, format).await;
-        }
-        if let Some(cmd) = session::classify(&stmt) {
-            if matches!(cmd, SessionCommand::Commit | SessionCommand::Rollback) {
-                cursors(client).end_transaction();
-            }
-            if cmd == SessionCommand::NoOp("DISCARD ALL") {
-                // the session's own state goes: cursors, prepared statements and settings
-                client.session_extensions().insert(cursor::Cursors::default());
-                client.session_extensions().insert(prepared::PreparedStatements::default());
-                session::reset(client.metadata_mut(), "all");
-            }
-            return Ok(self.session_command(client.metadata_mut(), cmd, format));
-        }
-        if let DFStatement::Statement(s) = &stmt
-            && let Some(response) = self.cursor_statement(client, s, &plan, format).await
-        {
-            return response;
-        }
-        if let DFStatement::Statement(s) = &stmt
-            && let Some(copy) = copy_out::CopyOut::recognise(s)
-        {
-            let copy = copy.map_err(|m| to_pg(KfsqlError::Unsupported(m)))?;
-            let query = DFStatement::Statement(Box::new(SqlStatement::Query(copy.query.clone())));
-            let limit = session::statement_timeout(client.metadata());
-            let (notices, output) = self.engine.execute_within(query, limit).await.map_err(to_pg)?.take_notices();
-            notify(client, notices).await?;
-            return match output {
-                Output::Rows(rows) => copy.response(rows),
-                Output::Command { .. } | Output::Noticed { .. } => {
-                    Err(to_pg(KfsqlError::Unsupported("COPY of a statement that returns no rows".into())))
-                }
-            };
-        }
-        self.may_run(client, &stmt)?;
-        let is_insert = matches!(&stmt, DFStatement::Statement(s) if matches!(s.as_ref(), SqlStatement::Insert(_)));
+        self.may_run(client, &cmd)?;
         let limit = session::statement_timeout(client.metadata());
-        let out = match plan {
-            Some(plan) => self.engine.execute_plan_within(plan, limit).await,
-            None => self.engine.execute_within(stmt, limit).await,
-        }
-        .map_err(to_pg)?;
-        self.output_response(client, out, is_insert, format).await
-    }
-
-    /// The rights check: a read-only user may not run a statement that writes (42501).
-    fn may_run<C: ClientInfo>(&self, client: &C, stmt: &DFStatement) -> PgWireResult<()> {
-        let user = client.metadata().get(pgwire::api::METADATA_USER);
-        if self.security.is_read_only(user.map(String::as_str)) && writes(stmt) {
-            return Err(to_pg(KfsqlError::PermissionDenied(format!(
-                "user \"{}\" is read-only: it may query but not create, drop, insert or export",
-                user.map(String::as_str).unwrap_or_default()
-            ))));
-        }
-        Ok(())
-    }
-
-    /// A statement's output as a pgwire response: its NOTICEs first, then rows or a command tag.
-    async fn output_response<C>(
-        &self,
-        client: &mut C,
-        out: Output,
-        is_insert: bool,
-        format: &Format,
-    ) -> PgWireResult<Response>
-    where
-        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-    {
-        let (notices, out) = out.take_notices();
-        notify(client, notices).await?;
-        match out {
-            Output::Rows(stream) => rows_response(client, stream, format, Some(self.cancel.statement(client))),
-            Output::Command { tag, rows } => {
-                let mut t = if is_insert || tag.starts_with("INSERT") {
-                    Tag::new("INSERT").with_oid(0)
-                } else {
-                    Tag::new(&tag)
-                };
-                if let Some(n) = rows {
-                    t = t.with_rows(n);
-                }
-                Ok(Response::Execution(t))
-            }
-            Output::Noticed { .. } => Err(to_pg(KfsqlError::Internal("notices left wrapped".into()))),
-        }
-    }
-
-    /// PREPARE, EXECUTE and DEALLOCATE in SQL, kept in the connection's own store (see [`prepared`]).
-    async fn prepared_statement<C>(&self, client: &mut C, stmt: DFStatement, format: &Format) -> PgWireResult<Response>
-    where
-        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-    {
-        use datafusion::logical_expr::{Execute, Prepare, Statement as PlanStatement};
-        let store = client.session_extensions().get_or_insert_with(prepared::PreparedStatements::default);
-        let DFStatement::Statement(s) = &stmt else { return Err(to_pg(KfsqlError::Internal("not SQL".into()))) };
-        match s.as_ref() {
-            SqlStatement::Deallocate { name, .. } => {
-                let which =
-                    (!name.value.eq_ignore_ascii_case("all") || name.quote_style.is_some()).then_some(&name.value);
-                store.deallocate(which.map(String::as_str)).map_err(to_pg)?;
-                Ok(Response::Execution(Tag::new("DEALLOCATE")))
-            }
-            SqlStatement::Prepare { statement, .. } => {
-                self.may_run(client, &DFStatement::Statement(statement.clone()))?;
-                match self.engine.plan(stmt).await.map_err(to_pg)? {
+        match cmd {
+            Command::Session(cmd) => Ok(self.session_command(client, cmd, format)),
+            Command::Prepare { statement, .. } => {
+                use datafusion::logical_expr::{Prepare, Statement as PlanStatement};
+                match self.engine.plan(statement).await.map_err(to_pg)? {
                     LogicalPlan::Statement(PlanStatement::Prepare(Prepare { name, fields, input })) => {
                         let plan = input.as_ref().clone();
-                        store.prepare(&name, prepared::SqlPrepared { fields, plan }).map_err(to_pg)?;
+                        prepared_statements(client)
+                            .prepare(&name, prepared::SqlPrepared { fields, plan })
+                            .map_err(to_pg)?;
                         Ok(Response::Execution(Tag::new("PREPARE")))
                     }
                     _ => Err(to_pg(KfsqlError::Internal("PREPARE planned into something else".into()))),
                 }
             }
-            _ => match self.engine.plan(stmt).await.map_err(to_pg)? {
-                LogicalPlan::Statement(PlanStatement::Execute(Execute { name, parameters })) => {
-                    let prepared = store.get(&name).map_err(to_pg)?;
-                    let plan = self.engine.bind(&prepared.plan, &prepared.fields, parameters).map_err(to_pg)?;
-                    let is_insert = matches!(&plan, LogicalPlan::Dml(_));
-                    let limit = session::statement_timeout(client.metadata());
-                    let out = self.engine.execute_plan_within(plan, limit).await.map_err(to_pg)?;
-                    self.output_response(client, out, is_insert, format).await
+            Command::Execute(statement) => {
+                use datafusion::logical_expr::{Execute, Statement as PlanStatement};
+                match self.engine.plan(statement).await.map_err(to_pg)? {
+                    LogicalPlan::Statement(PlanStatement::Execute(Execute { name, parameters })) => {
+                        let prepared = prepared_statements(client).get(&name).map_err(to_pg)?;
+                        let plan = self.engine.bind(&prepared.plan, &prepared.fields, parameters).map_err(to_pg)?;
+                        let out = self.engine.execute_plan_within(plan, limit).await.map_err(to_pg)?;
+                        self.output_response(client, out, format).await
+                    }
+                    _ => Err(to_pg(KfsqlError::Internal("EXECUTE planned into something else".into()))),
                 }
-                _ => Err(to_pg(KfsqlError::Internal("EXECUTE planned into something else".into()))),
-            },
-        }
-    }
-
-    /// DECLARE, FETCH and CLOSE of a cursor (see [`cursor`]); None for any other statement.
-    async fn cursor_statement<C>(
-        &self,
-        client: &mut C,
-        s: &SqlStatement,
-        plan: &Option<LogicalPlan>,
-        format: &Format,
-    ) -> Option<PgWireResult<Response>>
-    where
-        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-    {
-        Some(match s {
-            SqlStatement::Declare { .. } => {
-                let Some((name, hold, query)) = cursor::declared(s) else {
-                    return Some(Err(to_pg(KfsqlError::Unsupported("DECLARE other than a cursor for a query".into()))));
-                };
-                let plan = match plan {
-                    Some(plan) => Ok(plan.clone()),
-                    None => self.engine.plan(DFStatement::Statement(Box::new(SqlStatement::Query(query)))).await,
-                };
-                let executed = match plan {
-                    Ok(plan) => {
-                        self.engine.execute_plan_within(plan, session::statement_timeout(client.metadata())).await
-                    }
-                    Err(e) => Err(e),
-                };
-                let declared = match executed.map(Output::take_notices) {
-                    Ok((notices, out)) => {
-                        if let Err(e) = notify(client, notices).await {
-                            return Some(Err(e));
-                        }
-                        match out {
-                            Output::Rows(rows) => cursors(client).declare(&name, rows, hold),
-                            Output::Command { .. } | Output::Noticed { .. } => {
-                                Err(KfsqlError::Unsupported("a cursor over a statement without rows".into()))
-                            }
-                        }
-                    }
-                    Err(e) => Err(e),
-                };
-                declared.map(|()| Response::Execution(Tag::new("DECLARE CURSOR"))).map_err(to_pg)
             }
-            SqlStatement::Fetch { name, direction, .. } => {
-                let fetched = match cursor::fetch_count(direction) {
-                    Ok(count) => cursors(client).fetch(&name.value, count).await,
-                    Err(e) => Err(e),
+            Command::Deallocate(name) => {
+                prepared_statements(client).deallocate(name.as_deref()).map_err(to_pg)?;
+                Ok(Response::Execution(Tag::new("DEALLOCATE")))
+            }
+            Command::Declare { name, hold, query } => {
+                let plan = match plan {
+                    Some(plan) => plan,
+                    None => self
+                        .engine
+                        .plan(DFStatement::Statement(Box::new(SqlStatement::Query(query))))
+                        .await
+                        .map_err(to_pg)?,
                 };
-                let (schema, batches) = match fetched {
-                    Ok(f) => f,
-                    Err(e) => return Some(Err(to_pg(e))),
-                };
+                let (notices, out) = self.engine.execute_plan_within(plan, limit).await.map_err(to_pg)?.take_notices();
+                notify(client, notices).await?;
+                match out {
+                    Output::Rows(rows) => cursors(client).declare(&name, rows, hold).map_err(to_pg)?,
+                    Output::Command { .. } | Output::Noticed { .. } => {
+                        return Err(to_pg(KfsqlError::Unsupported("a cursor over a statement without rows".into())));
+                    }
+                }
+                Ok(Response::Execution(Tag::new("DECLARE CURSOR")))
+            }
+            Command::Fetch { name, direction } => {
+                let count = cursor::fetch_count(&direction).map_err(to_pg)?;
+                let (schema, batches) = cursors(client).fetch(&name, count).await.map_err(to_pg)?;
                 let rows = RecordBatchStreamAdapter::new(schema, stream::iter(batches.into_iter().map(Ok)));
                 rows_response(client, Box::pin(rows), format, None).map(|r| match r {
                     Response::Query(mut q) => {
@@ -507,23 +375,72 @@ impl Handlers {
                     other => other,
                 })
             }
-            SqlStatement::Close { cursor } => {
-                cursors(client).close(cursor).map(|()| Response::Execution(Tag::new("CLOSE CURSOR"))).map_err(to_pg)
+            Command::Close(which) => {
+                cursors(client).close(&which).map_err(to_pg)?;
+                Ok(Response::Execution(Tag::new("CLOSE CURSOR")))
             }
-            _ => return None,
-        })
+            Command::CopyOut(copy) => {
+                let query = Command::Query(DFStatement::Statement(Box::new(SqlStatement::Query(copy.query.clone()))));
+                let (notices, output) = self.engine.execute_within(query, limit).await.map_err(to_pg)?.take_notices();
+                notify(client, notices).await?;
+                match output {
+                    Output::Rows(rows) => copy_out::response(&copy, rows),
+                    Output::Command { .. } | Output::Noticed { .. } => {
+                        Err(to_pg(KfsqlError::Unsupported("COPY of a statement that returns no rows".into())))
+                    }
+                }
+            }
+            cmd => {
+                let out = match plan {
+                    Some(plan) => self.engine.execute_plan_within(plan, limit).await,
+                    None => self.engine.execute_within(cmd, limit).await,
+                }
+                .map_err(to_pg)?;
+                self.output_response(client, out, format).await
+            }
+        }
     }
 
-    fn session_command(
-        &self,
-        metadata: &mut HashMap<String, String>,
-        cmd: SessionCommand,
-        format: &Format,
-    ) -> Response {
+    /// The rights check, made once per command (for PREPARE, on the statement prepared): a read-only user may not
+    /// run a command that writes (42501).
+    fn may_run<C: ClientInfo>(&self, client: &C, cmd: &Command) -> PgWireResult<()> {
+        let user = client.metadata().get(pgwire::api::METADATA_USER);
+        if self.security.is_read_only(user.map(String::as_str)) && cmd.writes() {
+            return Err(to_pg(KfsqlError::PermissionDenied(format!(
+                "user \"{}\" is read-only: it may query but not create, drop, insert or export",
+                user.map(String::as_str).unwrap_or_default()
+            ))));
+        }
+        Ok(())
+    }
+
+    /// A statement's output as a pgwire response: its NOTICEs first, then rows or a command tag.
+    async fn output_response<C>(&self, client: &mut C, out: Output, format: &Format) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (notices, out) = out.take_notices();
+        notify(client, notices).await?;
+        match out {
+            Output::Rows(stream) => rows_response(client, stream, format, Some(self.cancel.statement(client))),
+            Output::Command { tag, rows } => {
+                let mut t = if tag.starts_with("INSERT") { Tag::new("INSERT").with_oid(0) } else { Tag::new(&tag) };
+                if let Some(n) = rows {
+                    t = t.with_rows(n);
+                }
+                Ok(Response::Execution(t))
+            }
+            Output::Noticed { .. } => Err(to_pg(KfsqlError::Internal("notices left wrapped".into()))),
+        }
+    }
+
+    /// A session statement, answered from and applied to the connection's own state.
+    fn session_command<C: ClientInfo>(&self, client: &mut C, cmd: SessionCommand, format: &Format) -> Response {
         match cmd {
             SessionCommand::Set { name, value } => match session::check(&name, &value) {
                 Ok(value) => {
-                    session::set(metadata, &name, &value);
+                    session::set(client.metadata_mut(), &name, &value);
                     Response::Execution(Tag::new("SET"))
                 }
                 Err(e) => Response::Error(Box::new(pgwire::error::ErrorInfo::new(
@@ -533,10 +450,10 @@ impl Handlers {
                 ))),
             },
             SessionCommand::Reset(name) => {
-                session::reset(metadata, &name);
+                session::reset(client.metadata_mut(), &name);
                 Response::Execution(Tag::new("RESET"))
             }
-            SessionCommand::Show(name) => match session::show(metadata, &name) {
+            SessionCommand::Show(name) => match session::show(client.metadata(), &name) {
                 Some(v) => single_text_row(&name, &v, format),
                 None => Response::Error(Box::new(pgwire::error::ErrorInfo::new(
                     "ERROR".into(),
@@ -545,9 +462,22 @@ impl Handlers {
                 ))),
             },
             SessionCommand::Begin => Response::TransactionStart(Tag::new("BEGIN")),
-            SessionCommand::Commit => Response::TransactionEnd(Tag::new("COMMIT")),
-            SessionCommand::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")),
+            SessionCommand::Commit => {
+                cursors(client).end_transaction();
+                Response::TransactionEnd(Tag::new("COMMIT"))
+            }
+            SessionCommand::Rollback => {
+                cursors(client).end_transaction();
+                Response::TransactionEnd(Tag::new("ROLLBACK"))
+            }
             SessionCommand::RollbackToSavepoint => Response::TransactionStart(Tag::new("ROLLBACK")),
+            SessionCommand::Discard => {
+                // the session's own state goes: cursors, prepared statements and settings
+                client.session_extensions().insert(cursor::Cursors::default());
+                client.session_extensions().insert(prepared::PreparedStatements::default());
+                session::reset(client.metadata_mut(), "all");
+                Response::Execution(Tag::new("DISCARD ALL"))
+            }
             SessionCommand::NoOp(tag) => Response::Execution(Tag::new(tag)),
         }
     }
@@ -556,6 +486,11 @@ impl Handlers {
 /// The connection's cursors: they live in its session state, so they die with it.
 fn cursors<C: ClientInfo>(client: &C) -> Arc<cursor::Cursors> {
     client.session_extensions().get_or_insert_with(cursor::Cursors::default)
+}
+
+/// The connection's SQL-level prepared statements, in its session state like its cursors.
+fn prepared_statements<C: ClientInfo>(client: &C) -> Arc<prepared::PreparedStatements> {
+    client.session_extensions().get_or_insert_with(prepared::PreparedStatements::default)
 }
 
 /// Send `notices` to the client as NoticeResponses (SQLSTATE 01000, warning), ahead of the statement's answer.
@@ -593,7 +528,11 @@ impl SimpleQueryHandler for Handlers {
         }
         let mut out = Vec::with_capacity(stmts.len());
         for stmt in stmts {
-            match self.run(client, stmt, None, &Format::UnifiedText).await {
+            let answered = match Command::classify(stmt) {
+                Ok(cmd) => self.run(client, cmd, None, &Format::UnifiedText).await,
+                Err(e) => Err(to_pg(e)),
+            };
+            match answered {
                 Ok(r) => out.push(r),
                 Err(PgWireError::UserError(info)) => {
                     // Postgres stops a multi-statement query at the first error.
@@ -625,20 +564,15 @@ impl QueryParser for KfsqlParser {
             return Err(to_pg(KfsqlError::Syntax("cannot insert multiple commands into a prepared statement".into())));
         }
         let Some(stmt) = stmts.pop() else { return Ok(None) };
-        let plan = if is_query(&stmt) {
-            Some(self.engine.plan(stmt.clone()).await.map_err(to_pg)?)
-        } else if let DFStatement::Statement(s) = &stmt
-            && let Some((_, _, query)) = cursor::declared(s)
-        {
-            // a cursor's query: planned now for its parameters, and for Describe of the cursor's portal
-            let query = DFStatement::Statement(Box::new(SqlStatement::Query(query)));
-            Some(self.engine.plan(query).await.map_err(to_pg)?)
-        } else {
-            None
+        let command = Command::classify(stmt).map_err(to_pg)?;
+        // a query's plan, made now for its parameters and result shape (a cursor's too, for Describe of its portal)
+        let plan = match command.query_to_plan() {
+            Some(query) => Some(self.engine.plan(query).await.map_err(to_pg)?),
+            None => None,
         };
         let lookup = plan.as_ref().and_then(crate::latest::lookup::Lookup::from_plan).map(Arc::new);
         let param_types = ordered_parameter_types(plan.as_ref())?;
-        Ok(Some(Prepared { sql: sql.to_string(), statement: Some(stmt), plan, lookup, param_types }))
+        Ok(Some(Prepared { sql: sql.to_string(), command: Some(command), plan, lookup, param_types }))
     }
 
     fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
@@ -649,7 +583,7 @@ impl QueryParser for KfsqlParser {
     }
 
     fn get_result_schema(&self, stmt: &Prepared, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
-        if is_declare(stmt) {
+        if matches!(stmt.command, Some(Command::Declare { .. })) {
             return Ok(Vec::new());
         }
         match &stmt.plan {
@@ -658,10 +592,10 @@ impl QueryParser for KfsqlParser {
                 arrow_schema_to_pg_fields(plan.schema().as_arrow(), format.unwrap_or(&default), None)
                     .map_err(error::encoding_error)
             }
-            None => Ok(match stmt.statement.as_ref().and_then(session::classify) {
-                Some(SessionCommand::Show(name)) => {
+            None => Ok(match &stmt.command {
+                Some(Command::Session(SessionCommand::Show(name))) => {
                     vec![FieldInfo::new(
-                        name,
+                        name.clone(),
                         None,
                         None,
                         Type::TEXT,
@@ -714,45 +648,6 @@ fn rows_response<C: ClientInfo>(
         }),
     );
     Ok(Response::Query(QueryResponse::new(fields, encoded)))
-}
-
-/// Whether a statement changes something: DDL, INSERT, COPY to a file (EXPLAIN ANALYZE runs its statement).
-/// `COPY (query) TO STDOUT` is answered before this is asked: it only reads.
-fn writes(stmt: &DFStatement) -> bool {
-    match stmt {
-        DFStatement::Statement(s) if matches!(s.as_ref(), SqlStatement::Explain { analyze: false, .. }) => false,
-        DFStatement::Statement(s) => !matches!(
-            s.as_ref(),
-            SqlStatement::Query(_)
-                | SqlStatement::ShowVariable { .. }
-                | SqlStatement::ShowTables { .. }
-                | SqlStatement::ShowColumns { .. }
-                | SqlStatement::Set(_)
-                | SqlStatement::StartTransaction { .. }
-                | SqlStatement::Commit { .. }
-                | SqlStatement::Rollback { .. }
-                | SqlStatement::Savepoint { .. }
-                | SqlStatement::ReleaseSavepoint { .. }
-                | SqlStatement::Declare { .. }
-                | SqlStatement::Fetch { .. }
-                | SqlStatement::Close { .. }
-        ),
-        DFStatement::Explain(e) => writes(&e.statement),
-        _ => true, // CREATE EXTERNAL TABLE, COPY … TO, RESET …: writers only
-    }
-}
-
-fn is_declare(stmt: &Prepared) -> bool {
-    matches!(&stmt.statement, Some(DFStatement::Statement(s)) if matches!(s.as_ref(), SqlStatement::Declare { .. }))
-}
-
-/// Whether a statement is a query to plan at Parse time (its result shape and parameters are known then).
-fn is_query(stmt: &DFStatement) -> bool {
-    match stmt {
-        DFStatement::Statement(s) => matches!(s.as_ref(), SqlStatement::Query(_)),
-        DFStatement::Explain(_) => true,
-        _ => false,
-    }
 }
 
 /// The plan's parameter types in `$1, $2, …` order.
@@ -836,7 +731,7 @@ impl ExtendedQueryHandler for Handlers {
             let rows = RecordBatchStreamAdapter::new(schema, stream::once(async { Ok(batch) }));
             return rows_response(client, Box::pin(rows), &portal.result_column_format, None);
         }
-        let Some(stmt) = prepared.statement.clone() else { return Ok(Response::EmptyQuery) };
+        let Some(cmd) = prepared.command.clone() else { return Ok(Response::EmptyQuery) };
         let plan = match &prepared.plan {
             Some(plan) => {
                 let refs: Vec<Option<&DataType>> = prepared.param_types.iter().map(|t| t.as_ref()).collect();
@@ -845,13 +740,14 @@ impl ExtendedQueryHandler for Handlers {
             }
             None => None,
         };
-        let response = self.run(client, stmt, plan, &portal.result_column_format).await?;
-        if is_declare(prepared)
-            && let Some(DFStatement::Statement(s)) = &prepared.statement
-            && let Some((name, _, query)) = cursor::declared(s)
-        {
+        let cursor = match &cmd {
+            Command::Declare { name, query, .. } => Some((name.clone(), query.to_string())),
+            _ => None,
+        };
+        let response = self.run(client, cmd, plan, &portal.result_column_format).await?;
+        if let Some((name, query)) = cursor {
             // the cursor is a portal too: clients Describe it by name before they FETCH
-            let parse = pgwire::messages::extendedquery::Parse::new(Some(name.clone()), query.to_string(), Vec::new());
+            let parse = pgwire::messages::extendedquery::Parse::new(Some(name.clone()), query, Vec::new());
             if let Some(stored) = pgwire::api::stmt::StoredStatement::parse(client, &parse, self.parser.clone()).await?
             {
                 client.portal_store().put_portal(Arc::new(Portal::new_cursor(name, Arc::new(stored))));

@@ -1,13 +1,10 @@
-//! Per-connection session statements that never reach the query engine: `SET`, `SHOW`, `RESET`, transaction
-//! control (`BEGIN`/`COMMIT`/`ROLLBACK`, savepoints: kfsql is read-mostly and autocommit, so they only move the transaction
-//! status clients expect), `DISCARD`, `DEALLOCATE`. Values live in the connection's metadata, so each client sees
-//! its own settings.
+//! A connection's settings, read and written by the session statements ([`crate::sql::command::SessionCommand`]:
+//! `SET`, `SHOW`, `RESET`, `DISCARD ALL`) that never reach the query engine. Values live in the connection's
+//! metadata, so each client sees its own settings. (Transaction control only moves the transaction status
+//! clients expect: kfsql is read-mostly and autocommit.)
 
 use std::collections::HashMap;
 use std::time::Duration;
-
-use datafusion::sql::parser::Statement as DFStatement;
-use datafusion::sql::sqlparser::ast::{Expr, Set, Statement, Value};
 
 use crate::error::KfsqlError;
 
@@ -35,90 +32,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("statement_timeout", "0"),
 ];
 
-/// What a session statement does.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SessionCommand {
-    Set {
-        name: String,
-        value: String,
-    },
-    Show(String),
-    Reset(String),
-    Begin,
-    Commit,
-    Rollback,
-    /// `ROLLBACK TO SAVEPOINT`: the transaction goes on (and is usable again after an error).
-    RollbackToSavepoint,
-    /// Accepted and answered with this tag, nothing else to do (DISCARD, DEALLOCATE).
-    NoOp(&'static str),
-}
-
 const METADATA_PREFIX: &str = "kfsql.setting.";
-
-/// Recognise a session statement. `SHOW datafusion.*` is left to the engine; `SET datafusion.*` is a session
-/// statement that [`check`] refuses.
-pub fn classify(stmt: &DFStatement) -> Option<SessionCommand> {
-    let s = match stmt {
-        DFStatement::Statement(s) => s,
-        DFStatement::Reset(r) => {
-            return Some(SessionCommand::Reset(normalize(r.to_string().trim_start_matches("RESET "))));
-        }
-        _ => return None,
-    };
-    match s.as_ref() {
-        Statement::Set(Set::SingleAssignment { variable, values, .. }) => {
-            let name = normalize(&variable.to_string());
-            let value = values.iter().map(value_text).collect::<Vec<_>>().join(", ");
-            Some(SessionCommand::Set { name, value })
-        }
-        Statement::Set(Set::SetTimeZone { value, .. }) => {
-            Some(SessionCommand::Set { name: "timezone".into(), value: value_text(value) })
-        }
-        Statement::Set(Set::SetNames { charset_name, .. }) => {
-            Some(SessionCommand::Set { name: "client_encoding".into(), value: charset_name.to_string() })
-        }
-        Statement::Set(Set::SetTransaction { .. })
-        | Statement::Set(Set::SetSessionParam(_))
-        | Statement::Set(Set::SetRole { .. }) => Some(SessionCommand::NoOp("SET")),
-        Statement::ShowVariable { variable } => {
-            let name = normalize(&variable.iter().map(|i| i.value.clone()).collect::<Vec<_>>().join(" "));
-            if name.starts_with("datafusion.") {
-                return None;
-            }
-            Some(SessionCommand::Show(name))
-        }
-        Statement::StartTransaction { .. } => Some(SessionCommand::Begin),
-        Statement::Commit { .. } => Some(SessionCommand::Commit),
-        Statement::Rollback { savepoint: Some(_), .. } => Some(SessionCommand::RollbackToSavepoint),
-        Statement::Rollback { .. } => Some(SessionCommand::Rollback),
-        // psycopg 3 wraps statements in savepoints inside transactions; nothing kfsql does needs undoing
-        Statement::Savepoint { .. } => Some(SessionCommand::NoOp("SAVEPOINT")),
-        Statement::ReleaseSavepoint { .. } => Some(SessionCommand::NoOp("RELEASE")),
-        Statement::Discard { .. } => Some(SessionCommand::NoOp("DISCARD ALL")),
-        Statement::Deallocate { .. } => Some(SessionCommand::NoOp("DEALLOCATE")),
-        _ => None,
-    }
-}
-
-fn normalize(name: &str) -> String {
-    let n = name.trim().trim_matches('"').to_ascii_lowercase();
-    match n.as_str() {
-        "transaction isolation level" => "transaction_isolation".into(),
-        "time zone" => "timezone".into(),
-        _ => n,
-    }
-}
-
-fn value_text(e: &Expr) -> String {
-    match e {
-        Expr::Value(v) => match &v.value {
-            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
-            other => other.to_string(),
-        },
-        Expr::Identifier(i) => i.value.clone(),
-        other => other.to_string(),
-    }
-}
 
 /// Check a `SET name = value` before it is stored, returning the value to store.
 ///
@@ -192,35 +106,6 @@ pub fn reset(metadata: &mut HashMap<String, String>, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cmd(sql: &str) -> Option<SessionCommand> {
-        classify(&crate::sql::parse(sql).unwrap()[0])
-    }
-
-    #[test]
-    fn recognises_client_session_statements() {
-        assert_eq!(
-            cmd("SET extra_float_digits = 3"),
-            Some(SessionCommand::Set { name: "extra_float_digits".into(), value: "3".into() })
-        );
-        assert_eq!(
-            cmd("SET application_name = 'PostgreSQL JDBC Driver'"),
-            Some(SessionCommand::Set { name: "application_name".into(), value: "PostgreSQL JDBC Driver".into() })
-        );
-        assert_eq!(cmd("SHOW transaction isolation level"), Some(SessionCommand::Show("transaction_isolation".into())));
-        assert_eq!(
-            cmd("show standard_conforming_strings"),
-            Some(SessionCommand::Show("standard_conforming_strings".into()))
-        );
-        assert_eq!(cmd("BEGIN"), Some(SessionCommand::Begin));
-        assert_eq!(cmd("COMMIT"), Some(SessionCommand::Commit));
-        assert_eq!(cmd("ROLLBACK"), Some(SessionCommand::Rollback));
-        assert_eq!(
-            cmd("SET datafusion.execution.batch_size = 100"),
-            Some(SessionCommand::Set { name: "datafusion.execution.batch_size".into(), value: "100".into() })
-        );
-        assert_eq!(cmd("SELECT 1"), None);
-    }
 
     #[test]
     fn settings_are_checked_as_postgres_does() {

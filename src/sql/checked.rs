@@ -136,7 +136,9 @@ impl ScalarUDFImpl for CheckedOp {
     fn return_type(&self, args: &[DataType]) -> Result<DataType> {
         match args {
             [l, r] if l == r && l.is_integer() => Ok(l.clone()),
-            _ => Err(DataFusionError::Plan(format!("{}: expected two integers of one type, got {args:?}", self.name()))),
+            _ => {
+                Err(DataFusionError::Plan(format!("{}: expected two integers of one type, got {args:?}", self.name())))
+            }
         }
     }
 
@@ -219,7 +221,10 @@ mod tests {
         let sql = "SELECT x + 1, x - 1, x * 3, 2.5 + 1, x / 2 FROM (VALUES (CAST(7 AS BIGINT)), (NULL)) t(x)";
         let batches = run(sql).await.expect("runs");
         let names: Vec<String> = batches[0].schema().fields().iter().map(|f| f.name().clone()).collect();
-        assert_eq!(names, ["t.x + Int64(1)", "t.x - Int64(1)", "t.x * Int64(3)", "Float64(2.5) + Int64(1)", "t.x / Int64(2)"]);
+        assert_eq!(
+            names,
+            ["t.x + Int64(1)", "t.x - Int64(1)", "t.x * Int64(3)", "Float64(2.5) + Int64(1)", "t.x / Int64(2)"]
+        );
         assert_eq!(row(&batches, 0), ["8", "6", "21", "3.5", "3"]);
         assert_eq!(row(&batches, 1), ["NULL", "NULL", "NULL", "3.5", "NULL"]);
     }

@@ -5,6 +5,7 @@
 
 pub mod bounded;
 pub mod checked;
+pub mod command;
 pub mod dialect;
 pub mod pg_catalog;
 pub mod pg_functions;

@@ -116,7 +116,7 @@ fn main() {
             ))
             .await
             .expect("create");
-        let view = engine.inner().latest().get("user_txn_features").expect("view");
+        let view = engine.latest().get("user_txn_features").expect("view");
         while !view.ready.load(Ordering::Acquire) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -73,7 +73,7 @@ fn main() {
             ))
             .await
             .expect("create materialized view");
-        let status = engine.inner().pipelines().status("user_txn_features").expect("pipeline");
+        let status = engine.pipelines().status("user_txn_features").expect("pipeline");
         let last = txns.iter().map(|t| t.event_time_ms).max().unwrap_or(0) * 1_000_000;
         let five_min = 300_000_000_000i64;
         let until = last.div_euclid(five_min) * five_min;

@@ -190,10 +190,10 @@ pub async fn load(engine: &Engine, cluster: &KafkaCluster, transactions: usize, 
     engine.query(FEATURES_SQL).await?;
     // serve once the pipelines have computed the demo's features and the online views hold them
     let wait = Duration::from_secs(120);
-    if !engine.inner().pipelines().wait_caught_up(wait).await {
+    if !engine.pipelines().wait_caught_up(wait).await {
         tracing::warn!("the demo's feature pipelines are still backfilling; see kfsql.pipelines");
     }
-    if !engine.inner().latest().wait_caught_up(wait).await {
+    if !engine.latest().wait_caught_up(wait).await {
         tracing::warn!("the demo's latest views are still loading; see kfsql.freshness");
     }
     // the embedded Kafka keeps only the newest 5 MiB of each partition: say so if the demo outgrew it

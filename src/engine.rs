@@ -30,7 +30,7 @@ use crate::kafka::KafkaCluster;
 use crate::scheduler::Lane;
 use crate::sql;
 use crate::sql::command::Command;
-use crate::table::{KafkaTable, KafkaTableFactory, TableDefinition};
+use crate::table::{KafkaTable, KafkaTableFactory, TableDefinition, Tables};
 
 /// Settings of one engine.
 #[derive(Debug, Clone)]
@@ -105,7 +105,7 @@ pub struct Engine {
     inner: Arc<EngineInner>,
 }
 
-pub struct EngineInner {
+struct EngineInner {
     ctx: SessionContext,
     factory: Arc<KafkaTableFactory>,
     catalog: CatalogStore,
@@ -171,10 +171,16 @@ impl Engine {
             crate::latest::AS_OF_FUNCTION,
             Arc::new(crate::latest::LatestAsOfFunction { views: Arc::downgrade(&latest) }),
         );
-        let inner = Arc::new_cyclic(|weak| {
+        let inner = Arc::new_cyclic(|weak: &std::sync::Weak<EngineInner>| {
             let db = ctx.catalog(&config.database);
             if let Some(db) = db {
-                if let Ok(schema) = crate::system::schema(weak.clone()) {
+                let tables: std::sync::Weak<dyn Tables> = weak.clone();
+                let handles = crate::system::Handles {
+                    tables,
+                    latest: Arc::downgrade(&latest),
+                    pipelines: Arc::downgrade(&pipelines),
+                };
+                if let Ok(schema) = crate::system::schema(handles) {
                     let _ = db.register_schema("kfsql", schema);
                 }
                 let _ = db.register_schema("latest", latest.schema_provider());
@@ -225,8 +231,19 @@ impl Engine {
         &self.inner.config
     }
 
-    pub fn inner(&self) -> &Arc<EngineInner> {
-        &self.inner
+    /// The latest views of online tables.
+    pub fn latest(&self) -> &Arc<crate::latest::LatestViews> {
+        &self.inner.latest
+    }
+
+    /// The pipelines of materialized views.
+    pub fn pipelines(&self) -> &Arc<crate::pipeline::Pipelines> {
+        &self.inner.pipelines
+    }
+
+    /// The factory of Kafka tables: their cluster and scan counters.
+    pub fn factory(&self) -> &Arc<KafkaTableFactory> {
+        &self.inner.factory
     }
 
     /// A prepared plan with its placeholders replaced by `parameters` (an EXECUTE's values: literals, simplified
@@ -474,37 +491,17 @@ impl Drop for EngineInner {
     }
 }
 
-impl EngineInner {
-    pub fn definitions(&self) -> BTreeMap<String, TableDefinition> {
-        self.defs.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn factory(&self) -> &Arc<KafkaTableFactory> {
-        &self.factory
-    }
-
-    /// The latest views of online tables.
-    pub fn latest(&self) -> &Arc<crate::latest::LatestViews> {
-        &self.latest
-    }
-
-    /// The pipelines of materialized views.
-    pub fn pipelines(&self) -> &Arc<crate::pipeline::Pipelines> {
-        &self.pipelines
-    }
-
-    /// The database name clients connect to.
-    pub fn database(&self) -> &str {
+#[async_trait::async_trait]
+impl crate::table::Tables for EngineInner {
+    fn database(&self) -> &str {
         &self.config.database
     }
 
-    /// A task context of the engine's session (memory limit and settings included).
-    pub fn task_context(&self) -> Arc<datafusion::execution::TaskContext> {
-        self.ctx.task_ctx()
+    fn definitions(&self) -> BTreeMap<String, TableDefinition> {
+        self.defs.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Kafka table `name` of schema public.
-    pub async fn kafka_table(&self, name: &str) -> Result<Arc<dyn datafusion::datasource::TableProvider>> {
+    async fn kafka_table(&self, name: &str) -> Result<Arc<dyn datafusion::datasource::TableProvider>> {
         let t = self
             .ctx
             .table_provider(public(name))
@@ -516,6 +513,16 @@ impl EngineInner {
         Ok(t)
     }
 
+    fn factory(&self) -> &Arc<KafkaTableFactory> {
+        &self.factory
+    }
+
+    fn task_context(&self) -> Arc<datafusion::execution::TaskContext> {
+        self.ctx.task_ctx()
+    }
+}
+
+impl EngineInner {
     /// Apply a catalog change to the session (idempotent).
     fn apply(&self, change: CatalogChange) -> Result<()> {
         match change {
@@ -548,7 +555,7 @@ impl EngineInner {
         self.ctx.register_table(name, Arc::new(table))?;
         self.defs.write().unwrap_or_else(|p| p.into_inner()).insert(def.name.clone(), def.clone());
         match &def.pipeline {
-            Some(p) => self.pipelines.sync(&def.name, &p.query, self.me.clone()),
+            Some(p) => self.pipelines.sync(&def.name, &p.query, self.me.clone() as std::sync::Weak<dyn Tables>),
             None => self.pipelines.stop(&def.name),
         }
         Ok(())

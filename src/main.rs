@@ -248,7 +248,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 );
                 bar.set_message("running");
                 bar.enable_steady_tick(Duration::from_millis(120));
-                let (ticker, factory) = (bar.clone(), engine.inner().factory().clone());
+                let (ticker, factory) = (bar.clone(), engine.factory().clone());
                 let (start_messages, start_bytes) = factory.read_totals();
                 let started = std::time::Instant::now();
                 tokio::spawn(async move {

@@ -17,10 +17,46 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
-use crate::engine::EngineInner;
+use crate::latest::LatestViews;
+use crate::pipeline::Pipelines;
+use crate::table::Tables;
 
-type BatchFn = fn(&EngineInner) -> DfResult<RecordBatch>;
-type AsyncBatchFn = fn(Arc<EngineInner>) -> futures::future::BoxFuture<'static, DfResult<RecordBatch>>;
+type BatchFn = fn(&Sources) -> DfResult<RecordBatch>;
+type AsyncBatchFn = fn(Sources) -> futures::future::BoxFuture<'static, DfResult<RecordBatch>>;
+
+/// What the system tables read: the engine's tables (through its narrow handle), the latest views and the
+/// pipelines. Held weakly, since the engine's session holds the system tables.
+#[derive(Clone)]
+pub struct Handles {
+    pub tables: Weak<dyn Tables>,
+    pub latest: Weak<LatestViews>,
+    pub pipelines: Weak<Pipelines>,
+}
+
+impl std::fmt::Debug for Handles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handles")
+    }
+}
+
+/// [`Handles`] while a system table is read.
+#[derive(Clone)]
+struct Sources {
+    tables: Arc<dyn Tables>,
+    latest: Arc<LatestViews>,
+    pipelines: Arc<Pipelines>,
+}
+
+impl Handles {
+    fn upgrade(&self) -> DfResult<Sources> {
+        let gone = || DataFusionError::Execution("kfsql is shutting down".into());
+        Ok(Sources {
+            tables: self.tables.upgrade().ok_or_else(gone)?,
+            latest: self.latest.upgrade().ok_or_else(gone)?,
+            pipelines: self.pipelines.upgrade().ok_or_else(gone)?,
+        })
+    }
+}
 
 /// How a system table computes its rows: from the engine's state, or by also asking the brokers.
 #[derive(Debug, Clone, Copy)]
@@ -33,7 +69,7 @@ enum Rows {
 #[derive(Debug)]
 struct SystemTable {
     schema: SchemaRef,
-    engine: Weak<EngineInner>,
+    handles: Handles,
     rows: Rows,
 }
 
@@ -52,38 +88,37 @@ impl TableProvider for SystemTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let engine =
-            self.engine.upgrade().ok_or_else(|| DataFusionError::Execution("kfsql is shutting down".into()))?;
+        let sources = self.handles.upgrade()?;
         let batch = match self.rows {
-            Rows::State(f) => f(&engine)?,
-            Rows::Brokers(f) => f(engine).await?,
+            Rows::State(f) => f(&sources)?,
+            Rows::Brokers(f) => f(sources).await?,
         };
         MemTable::try_new(self.schema.clone(), vec![vec![batch]])?.scan(state, projection, filters, limit).await
     }
 }
 
 /// The `kfsql` schema with its system tables.
-pub fn schema(engine: Weak<EngineInner>) -> DfResult<Arc<dyn SchemaProvider>> {
+pub fn schema(handles: Handles) -> DfResult<Arc<dyn SchemaProvider>> {
     let s = MemorySchemaProvider::new();
     s.register_table(
         "tables".into(),
-        Arc::new(SystemTable { schema: tables_schema(), engine: engine.clone(), rows: Rows::State(tables_rows) }),
+        Arc::new(SystemTable { schema: tables_schema(), handles: handles.clone(), rows: Rows::State(tables_rows) }),
     )?;
     s.register_table(
         "table_stats".into(),
         Arc::new(SystemTable {
             schema: stats_schema(),
-            engine: engine.clone(),
+            handles: handles.clone(),
             rows: Rows::Brokers(|e| Box::pin(stats_rows(e))),
         }),
     )?;
     s.register_table(
         "freshness".into(),
-        Arc::new(SystemTable { schema: freshness_schema(), engine: engine.clone(), rows: Rows::State(freshness_rows) }),
+        Arc::new(SystemTable { schema: freshness_schema(), handles: handles.clone(), rows: Rows::State(freshness_rows) }),
     )?;
     s.register_table(
         "pipelines".into(),
-        Arc::new(SystemTable { schema: pipelines_schema(), engine, rows: Rows::State(pipelines_rows) }),
+        Arc::new(SystemTable { schema: pipelines_schema(), handles, rows: Rows::State(pipelines_rows) }),
     )?;
     Ok(Arc::new(s))
 }
@@ -103,7 +138,8 @@ pub fn tables_schema() -> SchemaRef {
     ]))
 }
 
-pub fn tables_rows(engine: &EngineInner) -> DfResult<RecordBatch> {
+fn tables_rows(sources: &Sources) -> DfResult<RecordBatch> {
+    let engine = &sources.tables;
     let defs = engine.definitions();
     let mut cols: Vec<Vec<Option<String>>> = vec![Vec::new(); 9];
     for d in defs.values() {
@@ -152,7 +188,8 @@ fn stats_schema() -> SchemaRef {
     ]))
 }
 
-async fn stats_rows(engine: Arc<EngineInner>) -> DfResult<RecordBatch> {
+async fn stats_rows(sources: Sources) -> DfResult<RecordBatch> {
+    let engine = sources.tables;
     let defs = engine.definitions();
     // per table, per partition: what Kafka still holds (NULL when the brokers do not answer)
     let histories = futures::future::join_all(defs.values().map(|d| {
@@ -232,10 +269,10 @@ fn freshness_schema() -> SchemaRef {
     ]))
 }
 
-fn freshness_rows(engine: &EngineInner) -> DfResult<RecordBatch> {
+fn freshness_rows(sources: &Sources) -> DfResult<RecordBatch> {
     use datafusion::arrow::array::{BooleanArray, Float64Array, Int64Array, TimestampNanosecondArray};
     use std::sync::atomic::Ordering::Relaxed;
-    let views = engine.latest().all();
+    let views = sources.latest.all();
     let now = crate::latest::view::now_ns();
     let when = |ns: i64| (ns > 0).then_some(ns);
     let mut sizes = Vec::new();
@@ -297,11 +334,11 @@ fn pipelines_schema() -> SchemaRef {
     ]))
 }
 
-fn pipelines_rows(engine: &EngineInner) -> DfResult<RecordBatch> {
+fn pipelines_rows(sources: &Sources) -> DfResult<RecordBatch> {
     use crate::pipeline::PipelineStatus;
     use datafusion::arrow::array::{Int64Array, TimestampNanosecondArray};
     use std::sync::atomic::Ordering::Relaxed;
-    let all = engine.pipelines().statuses();
+    let all = sources.pipelines.statuses();
     let arrays: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(all.iter().map(|p| p.name.clone()))),
         Arc::new(StringArray::from_iter_values(all.iter().map(|p| p.state()))),

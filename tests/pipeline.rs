@@ -197,7 +197,7 @@ async fn hopping_window_survives_crashes_and_equals_the_oracle() {
         produce(&cluster, &raw, &chunk).await;
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
         if round % 2 == 1 {
-            engine.inner().pipelines().stop("feats");
+            engine.pipelines().stop("feats");
             drop(engine);
             engine = common::engine(&cluster, &catalog).await;
         }
@@ -349,7 +349,7 @@ async fn stateless_and_date_bin_pipelines_count_late_events() {
     let names: Vec<&str> = shown.iter().map(|r| r[0].as_str()).collect();
     assert_eq!(names, vec!["big_txns", "hourly"]);
     common::rows(&engine, "DROP MATERIALIZED VIEW big_txns").await;
-    assert!(engine.inner().pipelines().status("big_txns").is_none());
+    assert!(engine.pipelines().status("big_txns").is_none());
     assert!(engine.query("SELECT * FROM big_txns").await.is_err(), "dropped view is gone");
 }
 

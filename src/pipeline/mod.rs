@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::engine::EngineInner;
+use crate::table::Tables;
 use checkpoint::CheckpointStore;
 
 /// A running pipeline's counters, as `kfsql.pipelines` shows them.
@@ -109,7 +109,7 @@ impl Pipelines {
     }
 
     /// Run pipeline `name` (a materialized view whose definition holds `query`), unless it already runs that query.
-    pub fn sync(&self, name: &str, query: &str, engine: Weak<EngineInner>) {
+    pub fn sync(&self, name: &str, query: &str, engine: Weak<dyn Tables>) {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = running.get(name)
             && r.query == query

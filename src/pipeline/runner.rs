@@ -32,7 +32,7 @@ use super::PipelineStatus;
 use super::checkpoint::{Checkpoint, CheckpointStore};
 use super::spec::{self, Window};
 use super::window::WindowRelationPlanner;
-use crate::engine::EngineInner;
+use crate::table::Tables;
 use crate::error::{KfsqlError, Result};
 use crate::table::KafkaTable;
 use crate::table::scan::PartitionRange;
@@ -49,7 +49,7 @@ const OUTPUT: &str = "__kfsql_output";
 
 /// Runs pipeline `name` until it is dropped or the engine is gone; failures are reported in its status and the
 /// pipeline restarts from its last checkpoint.
-pub async fn run(name: String, engine: Weak<EngineInner>, store: CheckpointStore, status: Arc<PipelineStatus>) {
+pub async fn run(name: String, engine: Weak<dyn Tables>, store: CheckpointStore, status: Arc<PipelineStatus>) {
     let mut backoff = Duration::from_millis(500);
     loop {
         match attempt(&name, &engine, &store, &status).await {
@@ -99,7 +99,7 @@ struct Buffered {
 
 async fn attempt(
     name: &str,
-    engine: &Weak<EngineInner>,
+    engine: &Weak<dyn Tables>,
     store: &CheckpointStore,
     status: &Arc<PipelineStatus>,
 ) -> Result<()> {
@@ -109,7 +109,7 @@ async fn attempt(
         if e.definitions().get(name).is_none_or(|d| d.pipeline.is_none()) {
             return Ok(()); // dropped
         }
-        let worked = p.round(&e, store, status).await?;
+        let worked = p.round(e.as_ref(), store, status).await?;
         drop(e);
         if !worked {
             tokio::time::sleep(IDLE).await;
@@ -120,7 +120,7 @@ async fn attempt(
 impl Pipeline {
     async fn open(
         name: &str,
-        engine: &Weak<EngineInner>,
+        engine: &Weak<dyn Tables>,
         store: &CheckpointStore,
         status: &Arc<PipelineStatus>,
     ) -> Result<Option<Pipeline>> {
@@ -189,7 +189,7 @@ impl Pipeline {
     }
 
     /// One round; whether it read anything.
-    async fn round(&mut self, e: &EngineInner, store: &CheckpointStore, status: &PipelineStatus) -> Result<bool> {
+    async fn round(&mut self, e: &dyn Tables, store: &CheckpointStore, status: &PipelineStatus) -> Result<bool> {
         use std::sync::atomic::Ordering::Relaxed;
         let kafka = as_kafka(&self.source_table)?;
         let cluster = e.factory().cluster().clone();

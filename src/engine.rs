@@ -359,13 +359,13 @@ impl Engine {
         let timeout = self.inner.config.query_timeout;
         let inner = self.inner.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = Lane::of_statement(&stmt).runtime().spawn(async move {
+        let task = Lane::of_statement(&stmt).runtime().spawn(tracing::Instrument::in_current_span(async move {
             let planned = match inner.prepare(stmt) {
                 Ok(stmt) => inner.ctx.state().statement_to_plan(stmt).await.map_err(KfsqlError::from_datafusion),
                 Err(e) => Err(e),
             };
             let _ = tx.send(planned);
-        });
+        }));
         let _abort = AbortOnDrop(task);
         tokio::time::timeout(timeout, rx)
             .await
@@ -416,7 +416,7 @@ impl Engine {
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Result<Started>>();
         let (rows_tx, rows_rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);
         let inner = self.inner.clone();
-        let task = lane.runtime().spawn(async move {
+        let task = lane.runtime().spawn(tracing::Instrument::in_current_span(async move {
             let (notices, output) = match run(inner).await {
                 Ok(o) => {
                     let (n, o) = o.take_notices();
@@ -445,7 +445,7 @@ impl Engine {
                     let _ = started_tx.send(Err(e));
                 }
             }
-        });
+        }));
         let abort = AbortOnDrop(task);
         let started = tokio::time::timeout_at(deadline, started_rx)
             .await

@@ -116,6 +116,10 @@ impl SecurityArgs {
 
 #[derive(Args, Debug)]
 struct Common {
+    /// Log lines as text, or as JSON objects (one per line, with the connection and statement ids as fields).
+    /// Levels come from KFSQL_LOG (e.g. kfsql=debug).
+    #[arg(long, env = "KFSQL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     /// Kafka bootstrap servers (host:port,…). Without it, kfsql starts an embedded Kafka with demo data.
     #[arg(long, env = "KFSQL_BROKERS", global = true)]
     brokers: Option<String>,
@@ -173,15 +177,24 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected key=value, got '{s}'"))
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KFSQL_LOG").unwrap_or_else(|_| "kfsql=info,warn".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        .with_writer(std::io::stderr);
+    match cli.common.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
     if let Err(e) = run(cli).await {
         eprintln!("kfsql: {e}");
         std::process::exit(1);
@@ -285,10 +298,13 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             std::process::exit(0)
         }
         Command::Serve { listen, metrics_listen, .. } => {
+            // the banner: for people at a terminal, or one log event each when logs are JSON
+            let json = cli.common.log_format == LogFormat::Json;
+            let say = |line: String| if json { tracing::info!("{line}") } else { eprintln!("{line}") };
             let security = security.unwrap_or_default();
             if let Some(m) = &metrics_listen {
                 let bound = kfsql::server::metrics::serve(m, engine.clone())?;
-                eprintln!("  Prometheus metrics on http://{bound}/metrics");
+                say(format!("  Prometheus metrics on http://{bound}/metrics"));
             }
             let auth = match &security.users {
                 Some(u) => format!("SCRAM-SHA-256, {} user(s)", u.len()),
@@ -296,13 +312,13 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             };
             let tls = if security.tls.is_some() { ", TLS" } else { "" };
             let (addr, task) = kfsql::server::start_with(engine, &listen, security).await?;
-            eprintln!("kfsql {} serving Postgres clients on {addr} ({auth}{tls})", env!("CARGO_PKG_VERSION"));
-            eprintln!("  psql -h {} -p {} -U kfsql -d kfsql", addr.ip(), addr.port());
-            eprintln!(
+            say(format!("kfsql {} serving Postgres clients on {addr} ({auth}{tls})", env!("CARGO_PKG_VERSION")));
+            say(format!("  psql -h {} -p {} -U kfsql -d kfsql", addr.ip(), addr.port()));
+            say(format!(
                 "  Kafka bootstrap: {}{}",
                 cluster.bootstrap_servers(),
                 if cluster.is_embedded() { " (embedded; produce here with any Kafka client)" } else { "" }
-            );
+            ));
             tokio::select! {
                 r = task => { r??; }
                 _ = tokio::signal::ctrl_c() => {

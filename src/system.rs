@@ -114,7 +114,11 @@ pub fn schema(handles: Handles) -> DfResult<Arc<dyn SchemaProvider>> {
     )?;
     s.register_table(
         "freshness".into(),
-        Arc::new(SystemTable { schema: freshness_schema(), handles: handles.clone(), rows: Rows::State(freshness_rows) }),
+        Arc::new(SystemTable {
+            schema: freshness_schema(),
+            handles: handles.clone(),
+            rows: Rows::State(freshness_rows),
+        }),
     )?;
     s.register_table(
         "pipelines".into(),

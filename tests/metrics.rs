@@ -62,3 +62,68 @@ async fn metrics_count_connections_statements_and_reads() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sample(&scrape(metrics), "kfsql_connections"), Some(0.0));
 }
+
+/// Structured logs: the real binary with `--log-format json` writes one JSON object per line, and a statement's
+/// failure is logged with its SQLSTATE inside the spans of its connection (`conn`) and statement (`stmt`) — so the
+/// lines of two clients can be told apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_name_the_connection_and_the_statement() {
+    let log = std::env::temp_dir().join(format!("{}.log", common::unique("kfsql_json_log")));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kfsql"))
+        .args(["serve", "--no-demo", "--log-format", "json", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("KFSQL_LOG", "kfsql=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("kfsql starts");
+    let connect = || async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let conn = format!("host=127.0.0.1 port={port} user=kfsql dbname=kfsql");
+            if let Ok((client, conn)) = tokio_postgres::connect(&conn, NoTls).await {
+                tokio::spawn(conn);
+                return client;
+            }
+            assert!(std::time::Instant::now() < deadline, "kfsql never accepted connections");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (a, b) = (connect().await, connect().await);
+    a.simple_query("SELECT * FROM table_of_client_a").await.expect_err("42P01");
+    b.simple_query("SELECT 1/0").await.expect_err("22012");
+    b.simple_query("SELECT 1").await.expect("ok");
+    drop((a, b));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let text = std::fs::read_to_string(&log).expect("log");
+    let _ = std::fs::remove_file(&log);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {l}")))
+        .collect();
+    // (conn, stmt, sqlstate) of each failed statement, read from the line's span list
+    let span_field = |line: &serde_json::Value, span: &str, field: &str| {
+        line["spans"].as_array().and_then(|s| s.iter().find(|s| s["name"] == span)).map(|s| s[field].clone())
+    };
+    let failed: Vec<(u64, u64, String)> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "statement failed")
+        .map(|l| {
+            let conn = span_field(l, "connection", "conn").and_then(|v| v.as_u64()).expect("conn id");
+            let stmt = span_field(l, "statement", "stmt").and_then(|v| v.as_u64()).expect("stmt id");
+            (conn, stmt, l["fields"]["sqlstate"].as_str().unwrap_or_default().to_string())
+        })
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:?}\n{text}");
+    assert_eq!(failed[0].2, "42P01");
+    assert_eq!(failed[1].2, "22012");
+    assert_ne!(failed[0].0, failed[1].0, "two clients, two connection ids");
+    assert_ne!(failed[0].1, failed[1].1, "two statements, two statement ids");
+    let connected =
+        lines.iter().filter(|l| l["fields"]["message"] == "connected" && span_field(l, "connection", "peer").is_some());
+    assert!(connected.count() >= 2, "each connection logs its peer: {text}");
+}

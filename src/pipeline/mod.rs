@@ -121,11 +121,10 @@ impl Pipelines {
             old.task.abort();
         }
         let status = Arc::new(PipelineStatus::new(name, query));
-        let task = crate::scheduler::query_runtime().spawn(runner::run(
-            name.to_string(),
-            engine,
-            self.store.clone(),
-            status.clone(),
+        let span = tracing::info_span!(parent: None, "pipeline", name);
+        let task = crate::scheduler::query_runtime().spawn(tracing::Instrument::instrument(
+            runner::run(name.to_string(), engine, self.store.clone(), status.clone()),
+            span,
         ));
         running.insert(name.to_string(), Running { query: query.to_string(), status, task });
     }

@@ -32,9 +32,9 @@ use super::PipelineStatus;
 use super::checkpoint::{Checkpoint, CheckpointStore};
 use super::spec::{self, Window};
 use super::window::WindowRelationPlanner;
-use crate::table::Tables;
 use crate::error::{KfsqlError, Result};
 use crate::table::KafkaTable;
+use crate::table::Tables;
 use crate::table::scan::PartitionRange;
 
 /// Messages read per round, at most, spread over the partitions that have some (a backfill proceeds in rounds of

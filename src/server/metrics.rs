@@ -149,20 +149,33 @@ impl Metrics {
 pub struct Counted {
     rows: pgwire::api::results::SendableRowStream,
     start: std::time::Instant,
+    span: tracing::Span,
     counted: bool,
 }
 
 impl Counted {
-    pub fn new(rows: pgwire::api::results::SendableRowStream, start: std::time::Instant) -> Self {
-        Counted { rows, start, counted: false }
+    pub fn new(rows: pgwire::api::results::SendableRowStream, start: std::time::Instant, span: tracing::Span) -> Self {
+        Counted { rows, start, span, counted: false }
     }
 
     fn count(&mut self, sqlstate: Option<&str>) {
         if !self.counted {
             self.counted = true;
-            Metrics::global().statement(sqlstate, self.start.elapsed());
+            ended(&self.span, sqlstate, self.start.elapsed());
         }
     }
+}
+
+/// A statement ended, with `sqlstate` when it failed: counted in [`Metrics`], and logged in its span (which names
+/// the connection and the statement) — failures at info, successes at debug.
+pub fn ended(span: &tracing::Span, sqlstate: Option<&str>, elapsed: Duration) {
+    Metrics::global().statement(sqlstate, elapsed);
+    let ms = elapsed.as_secs_f64() * 1e3;
+    // entered rather than named as the parent: the JSON formatter lists the current spans only
+    span.in_scope(|| match sqlstate {
+        Some(code) => tracing::info!(sqlstate = code, elapsed_ms = ms, "statement failed"),
+        None => tracing::debug!(elapsed_ms = ms, "statement done"),
+    })
 }
 
 impl futures::Stream for Counted {

@@ -44,6 +44,7 @@ use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use crate::engine::{Engine, Output};
 use crate::error::KfsqlError;
@@ -207,12 +208,21 @@ pub async fn serve_with(engine: Engine, listener: TcpListener, security: auth::S
         };
         let (handlers, tls) = (handlers.clone(), tls.clone());
         let counted = Metrics::global().connection();
-        tokio::spawn(async move {
-            let (_counted, _slot) = (counted, slot);
-            if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
-                tracing::debug!("connection {addr}: {e}");
+        static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // every log line of the connection's statements carries its id and peer
+        let span = tracing::info_span!("connection", conn = id, peer = %addr);
+        tokio::spawn(
+            async move {
+                let (_counted, _slot) = (counted, slot);
+                tracing::debug!("connected");
+                match pgwire::tokio::process_socket(socket, tls, handlers).await {
+                    Ok(()) => tracing::debug!("disconnected"),
+                    Err(e) => tracing::debug!("disconnected: {e}"),
+                }
             }
-        });
+            .instrument(span),
+        );
     }
 }
 
@@ -281,13 +291,16 @@ impl Handlers {
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        static NEXT_STATEMENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT_STATEMENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let span = tracing::info_span!("statement", stmt = id, kind = cmd.kind());
         let start = std::time::Instant::now();
-        let mut response = self.answer(client, cmd, plan, format).await;
+        let mut response = self.answer(client, cmd, plan, format).instrument(span.clone()).await;
         let sqlstate = match &mut response {
             // rows may still fail while they stream: the stream counts the statement when it ends
             Ok(Response::Query(q)) => {
                 let rows = std::mem::replace(q.data_rows(), Box::pin(stream::empty()));
-                *q.data_rows() = Box::pin(metrics::Counted::new(rows, start));
+                *q.data_rows() = Box::pin(metrics::Counted::new(rows, start, span));
                 return response;
             }
             Ok(Response::Error(info)) => Some(info.code.as_str()),
@@ -295,7 +308,7 @@ impl Handlers {
             Err(_) => Some("08006"), // the connection failed while answering
             Ok(_) => None,
         };
-        Metrics::global().statement(sqlstate, start.elapsed());
+        metrics::ended(&span, sqlstate, start.elapsed());
         response
     }
 

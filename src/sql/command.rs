@@ -82,6 +82,27 @@ pub struct CopyOut {
 }
 
 impl Command {
+    /// The command's kind, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Session(_) => "session",
+            Command::Prepare { .. } => "prepare",
+            Command::Execute(_) => "execute",
+            Command::Deallocate(_) => "deallocate",
+            Command::Declare { .. } => "declare",
+            Command::Fetch { .. } => "fetch",
+            Command::Close(_) => "close",
+            Command::CopyOut(_) => "copy_out",
+            Command::DropTables { .. } => "drop_tables",
+            Command::DropMaterializedViews { .. } => "drop_materialized_views",
+            Command::CreateMaterializedView(_) => "create_materialized_view",
+            Command::ShowTables => "show_tables",
+            Command::ShowMaterializedViews => "show_materialized_views",
+            Command::Query(_) => "query",
+            Command::Statement(_) => "statement",
+        }
+    }
+
     /// Classify a parsed statement. Fails for forms kfsql recognises but cannot run (a COPY TO STDOUT option it
     /// does not write, a DECLARE of something other than a cursor).
     pub fn classify(stmt: DFStatement) -> Result<Command> {

@@ -221,9 +221,12 @@ impl ExecutionPlan for KafkaScanExec {
         }
         let (tx, rx) = mpsc::channel::<DfResult<RecordBatch>>(2);
         let spec = self.spec.clone();
+        // the reader logs in the statement's span (its connection and statement ids)
+        let span = tracing::info_span!("scan", table = %spec.table, partition = range.partition);
         std::thread::Builder::new()
             .name(format!("kfsql-scan-{}-{}", spec.topic, range.partition))
             .spawn(move || {
+                let _in_span = span.enter();
                 if let Err(e) = read_partition(&spec, range, &tx) {
                     let _ = tx.blocking_send(Err(e.into_datafusion()));
                 }

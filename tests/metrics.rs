@@ -31,6 +31,14 @@ async fn metrics_count_connections_statements_and_reads() {
     common::topic(&cluster, &t, 2).await;
     let txns = kfsql::demo::generate(37, 5, Duration::from_secs(600), chrono::Utc::now(), 1);
     kfsql::demo::produce_transactions(cluster.producer(), &t, &txns).await.expect("produce");
+    // bad messages, one per reason the payload decoder has: not JSON, no value for a NOT NULL column, an event
+    // time outside the table's range
+    let bad = [
+        "not json",
+        r#"{"txn_id":"b2","amount":1.0,"event_time":"2026-01-01T00:00:00Z"}"#,
+        r#"{"txn_id":"b3","user_id":"u","amount":1.0,"event_time":"2250-01-01T00:00:00Z"}"#,
+    ];
+    common::produce(cluster.producer(), &t, bad.iter().map(|p| common::Msg::new("u", p)).collect()).await;
     engine.query(&common::create_table_sql("tx", &t, "")).await.expect("create");
     let metrics = kfsql::server::metrics::serve("127.0.0.1:0", engine.clone()).expect("metrics");
     let (addr, _task) = kfsql::server::start(engine, "127.0.0.1:0").await.expect("server");
@@ -43,7 +51,7 @@ async fn metrics_count_connections_statements_and_reads() {
             .expect("connect");
     tokio::spawn(conn);
     let n: i64 = client.query_one("SELECT count(*) FROM tx", &[]).await.expect("count").get(0);
-    assert_eq!(n, 37);
+    assert_eq!(n, 37, "the bad messages are skipped");
     for _ in 0..3 {
         client.simple_query("SELECT * FROM no_such_table").await.expect_err("42P01");
     }
@@ -54,8 +62,11 @@ async fn metrics_count_connections_statements_and_reads() {
     assert_eq!(sample(&text, r#"kfsql_statements_total{outcome="error",sqlstate="42P01"}"#), Some(3.0), "{text}");
     assert_eq!(sample(&text, r#"kfsql_statements_total{outcome="error",sqlstate="22012"}"#), Some(1.0), "{text}");
     assert!(sample(&text, r#"kfsql_statements_total{outcome="ok",sqlstate="00000"}"#).is_some_and(|n| n >= 1.0));
-    assert_eq!(sample(&text, r#"kfsql_table_messages_total{table="tx"}"#), Some(37.0), "{text}");
-    assert_eq!(sample(&text, r#"kfsql_table_bad_messages_total{table="tx"}"#), Some(0.0), "{text}");
+    assert_eq!(sample(&text, r#"kfsql_table_messages_total{table="tx"}"#), Some(40.0), "{text}");
+    for (reason, n) in [("malformed", 1.0), ("missing_value", 1.0), ("event_time", 1.0), ("key", 0.0)] {
+        let name = format!(r#"kfsql_table_bad_messages_total{{table="tx",reason="{reason}"}}"#);
+        assert_eq!(sample(&text, &name), Some(n), "{name}: {text}");
+    }
     assert!(sample(&text, "kfsql_memory_pool_reserved_bytes").is_some(), "{text}");
     assert!(text.contains("# TYPE kfsql_statement_answer_seconds histogram"), "{text}");
     drop(client);

@@ -13,7 +13,7 @@ use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampNanosecondType};
 use datafusion::arrow::error::ArrowError;
 
-use super::BadMessagePolicy;
+use super::{BadCounts, BadMessagePolicy};
 
 /// Decodes batches of JSON payloads into a fixed schema.
 #[derive(Debug, Clone)]
@@ -48,8 +48,8 @@ pub struct Decoded {
     pub batch: RecordBatch,
     /// Which input messages are kept (None: all of them). Under `skip` bad ones are dropped.
     pub keep: Option<BooleanArray>,
-    /// Messages that did not decode.
-    pub bad: u64,
+    /// Messages that did not decode, by reason.
+    pub bad: BadCounts,
     /// Whether the fast path (one decode for the whole batch) was enough.
     pub fast_path: bool,
 }
@@ -150,6 +150,8 @@ impl JsonDecoder {
         mut bad: Vec<bool>,
         fast_path: bool,
     ) -> Result<Decoded, BadMessage> {
+        // rows already bad are those that did not parse as the declared document
+        let mut counts = BadCounts { malformed: bad.iter().filter(|b| **b).count() as u64, ..BadCounts::default() };
         // bad rows found here decoded into values, which `null` must blank
         let mut blank_rows = false;
         for &c in &self.not_null {
@@ -161,6 +163,7 @@ impl JsonDecoder {
                 if col.is_null(row) && !*is_bad {
                     *is_bad = true;
                     blank_rows = true;
+                    counts.missing_value += 1;
                     if self.policy == BadMessagePolicy::Fail {
                         return Err(BadMessage {
                             index: row,
@@ -181,12 +184,12 @@ impl JsonDecoder {
                     }
                     *is_bad = true;
                     blank_rows = true;
+                    counts.event_time += 1;
                 }
             }
         }
-        let bad_count = bad.iter().filter(|b| **b).count() as u64;
-        if bad_count == 0 {
-            return Ok(Decoded { batch, keep: None, bad: 0, fast_path });
+        if counts.total() == 0 {
+            return Ok(Decoded { batch, keep: None, bad: counts, fast_path });
         }
         match self.policy {
             // `fail` returned at the first bad message above.
@@ -200,13 +203,13 @@ impl JsonDecoder {
                         )
                         .ok_or_else(|| BadMessage { index: 0, reason: "batch failed to decode".into() })?;
                 }
-                Ok(Decoded { batch, keep: None, bad: bad_count, fast_path })
+                Ok(Decoded { batch, keep: None, bad: counts, fast_path })
             }
             BadMessagePolicy::Skip => {
                 let keep = BooleanArray::from(bad.iter().map(|b| !*b).collect::<Vec<bool>>());
                 let batch =
                     filter_record_batch(&batch, &keep).map_err(|e| BadMessage { index: 0, reason: e.to_string() })?;
-                Ok(Decoded { batch, keep: Some(keep), bad: bad_count, fast_path })
+                Ok(Decoded { batch, keep: Some(keep), bad: counts, fast_path })
             }
         }
     }
@@ -299,7 +302,7 @@ mod tests {
         let out = d.decode(GOOD).unwrap();
         assert!(out.fast_path);
         assert_eq!(out.batch.num_rows(), 2);
-        assert_eq!(out.bad, 0);
+        assert_eq!(out.bad.total(), 0);
         let amounts = out.batch.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
         assert_eq!(amounts.value(1), 2.0);
     }
@@ -320,7 +323,7 @@ mod tests {
     fn skip_drops_and_counts_bad_messages() {
         let d = JsonDecoder::new(&schema(), BadMessagePolicy::Skip);
         let out = d.decode(&mixed()).unwrap();
-        assert_eq!(out.bad, 5);
+        assert_eq!(out.bad.total(), 5);
         assert_eq!(out.batch.num_rows(), 2);
         let keep = out.keep.unwrap();
         assert_eq!(
@@ -335,7 +338,7 @@ mod tests {
     fn null_keeps_rows_with_null_payload() {
         let d = JsonDecoder::new(&schema(), BadMessagePolicy::Null);
         let out = d.decode(&mixed()).unwrap();
-        assert_eq!(out.bad, 5);
+        assert_eq!(out.bad.total(), 5);
         assert_eq!(out.batch.num_rows(), 7);
         // the missing-key message is blanked entirely, not just its key
         assert!(out.batch.column(1).is_null(4));
@@ -373,12 +376,13 @@ mod tests {
         ];
         let skip = JsonDecoder::new(&schema(), BadMessagePolicy::Skip).with_time_range("event_time", lo, hi);
         let out = skip.decode(&far).unwrap();
-        assert_eq!(out.bad, 3);
+        // 1e300 is no timestamp arrow can hold (malformed); 2500 and 1800 are timestamps outside the range
+        assert_eq!((out.bad.malformed, out.bad.event_time, out.bad.total()), (1, 2, 3));
         let ids = out.batch.column(0).as_string::<i32>();
         assert_eq!(ids.iter().collect::<Vec<_>>(), vec![Some("u1"), Some("u2")]);
         let null = JsonDecoder::new(&schema(), BadMessagePolicy::Null).with_time_range("event_time", lo, hi);
         let out = null.decode(&far).unwrap();
-        assert_eq!((out.bad, out.batch.num_rows(), out.batch.column(0).null_count()), (3, 5, 3));
+        assert_eq!((out.bad.total(), out.batch.num_rows(), out.batch.column(0).null_count()), (3, 5, 3));
         let fail = JsonDecoder::new(&schema(), BadMessagePolicy::Fail).with_time_range("event_time", lo, hi);
         let err = fail.decode(&far).unwrap_err();
         assert_eq!(err.index, 1);

@@ -119,7 +119,7 @@ impl MessageDecoder {
             });
             rows.retain(|&i| parsed[i].is_some());
         }
-        bad += bad_keys.len() as u64;
+        bad.key += bad_keys.len() as u64;
         let key_text = || -> ArrayRef {
             Arc::new(StringArray::from_iter(
                 rows.iter().map(|&i| parsed[i].and_then(|k| std::str::from_utf8(k.key).ok())),
@@ -186,7 +186,8 @@ mod tests {
         let keys = [Some(&k1[..]), Some(&b"bad"[..]), Some(&k2[..]), None];
         let values = [&br#"{"n":1}"#[..], br#"{"n":2}"#, br#"{"n":3}"#, br#"{"n":4}"#];
         let out = d.decode(&keys, &values).unwrap();
-        assert_eq!(out.bad, 2, "a key too short and a missing key are bad messages");
+        assert_eq!(out.bad.key, 2, "a key too short and a missing key are bad messages");
+        assert_eq!(out.bad.total(), 2);
         let keep: Vec<bool> = out.keep.unwrap().iter().map(|b| b.unwrap()).collect();
         assert_eq!(keep, vec![true, false, true, false]);
         let text = pretty_format_batches(&[out.batch]).unwrap().to_string();

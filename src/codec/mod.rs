@@ -17,6 +17,32 @@ pub use message::MessageDecoder;
 /// in nanoseconds since the epoch. A message outside is a bad message.
 pub const DEFAULT_TIME_RANGE: (i64, i64) = (-2_208_988_800_000_000_000, 7_258_118_400_000_000_000);
 
+/// Bad messages of one decoded batch, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BadCounts {
+    /// Not a document of the declared shape: not JSON, not an object, a value of the wrong type.
+    pub malformed: u64,
+    /// No value for a column declared NOT NULL (the key column included).
+    pub missing_value: u64,
+    /// An event time outside the table's `event_time_range`.
+    pub event_time: u64,
+    /// A Kafka key that does not parse in the table's `key_format`.
+    pub key: u64,
+}
+
+impl BadCounts {
+    /// The reasons' names, in the order of [`Self::by_reason`] (Prometheus' `reason` label).
+    pub const REASONS: [&'static str; 4] = ["malformed", "missing_value", "event_time", "key"];
+
+    pub fn total(&self) -> u64 {
+        self.malformed + self.missing_value + self.event_time + self.key
+    }
+
+    pub fn by_reason(&self) -> [u64; 4] {
+        [self.malformed, self.missing_value, self.event_time, self.key]
+    }
+}
+
 /// What a scan does with a message whose payload does not decode into the table's schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BadMessagePolicy {

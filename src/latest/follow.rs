@@ -113,7 +113,7 @@ impl Applier {
         }
         match self.decoder.decode(keys, payloads) {
             Ok(d) => {
-                *bad += d.bad;
+                *bad += d.bad.total();
                 let keys = cast(d.batch.column(self.key_index), &DataType::Utf8).ok();
                 let times = self
                     .time_index

@@ -1,10 +1,10 @@
 //! Prometheus metrics for operators: `kfsql serve --metrics-listen ADDR` serves `GET /metrics` in the text format.
 //!
-//! The server counts what happens on the wire (connections, statements by outcome and SQLSTATE, time to answer);
-//! the rest is read from the system tables when scraped, through SQL like any client's (`kfsql.table_stats`:
-//! scans, messages, bytes and bad messages per table; `kfsql.freshness`: lag, staleness, keys and lookups per
-//! latest view; `kfsql.pipelines`: input lag, rows and late events per pipeline) plus the memory pool's use, so
-//! the metrics and the tables never disagree.
+//! The server counts what happens on the wire (connections, statements by outcome and SQLSTATE, time to answer).
+//! When scraped, the per-table figures are the scans' own counters (scans, messages, bytes, and bad messages by
+//! reason — the counters `kfsql.table_stats` shows, read without asking the brokers anything), the rest is read
+//! from the system tables through SQL like any client's (`kfsql.freshness`: lag, staleness, keys and lookups per
+//! latest view; `kfsql.pipelines`: input lag, rows and late events per pipeline), plus the memory pool's use.
 
 use std::fmt::Write as _;
 use std::sync::OnceLock;
@@ -100,12 +100,23 @@ impl Metrics {
             &[],
             engine.memory_reserved() as f64,
         );
-        let per_table = [
-            ("scans", "counter", "Scans of a Kafka table"),
-            ("messages", "counter", "Messages read by scans"),
-            ("bytes", "counter", "Bytes read by scans"),
-            ("bad_messages", "counter", "Messages that did not decode, under the table's policy"),
-        ];
+        // per table: the scans' own counters (no broker is asked, so a scrape never waits on Kafka)
+        for name in engine.definitions().keys() {
+            let stats = engine.factory().stats_for(name).snapshot();
+            let table = [("table", name.as_str())];
+            system.add("table_scans", "counter", "Scans of a Kafka table", &table, stats.scans as f64);
+            system.add("table_messages", "counter", "Messages read by scans", &table, stats.messages as f64);
+            system.add("table_bytes", "counter", "Bytes read by scans", &table, stats.bytes as f64);
+            for (reason, n) in crate::codec::BadCounts::REASONS.iter().zip(stats.bad_by_reason) {
+                system.add(
+                    "table_bad_messages",
+                    "counter",
+                    "Messages scans could not decode, by reason, handled under the table's policy",
+                    &[("table", name.as_str()), ("reason", reason)],
+                    n as f64,
+                );
+            }
+        }
         let per_view = [
             ("lag_messages", "gauge", "Messages a latest view has not applied yet"),
             ("staleness_ms", "gauge", "How far a latest view is behind its topic"),
@@ -120,7 +131,6 @@ impl Metrics {
             ("late_events", "counter", "Events that came after their window was written"),
         ];
         for (prefix, table, key, label, columns) in [
-            ("table", "kfsql.table_stats", "table_name", "table", &per_table[..]),
             ("latest", "kfsql.freshness", "table_name", "view", &per_view[..]),
             ("pipeline", "kfsql.pipelines", "name", "pipeline", &per_pipeline[..]),
         ] {

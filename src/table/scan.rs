@@ -466,7 +466,7 @@ fn decode(spec: &ScanSpec, partition: i32, mut p: Pending) -> Result<RecordBatch
             bad.reason
         ))
     })?;
-    spec.stats.add(&spec.stats.bad_messages, decoded.bad);
+    spec.stats.add_bad(&decoded.bad);
 
     let n = p.offsets.len();
     let mut meta: Vec<ArrayRef> = vec![

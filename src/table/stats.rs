@@ -1,7 +1,10 @@
-//! Per-table counters that scans update and `kfsql.table_stats` shows: messages read, bad messages, tombstones, and
+//! Per-table counters that scans update and `kfsql.table_stats` shows: messages read, bad messages (by reason for
+//! `/metrics`), tombstones, and
 //! messages found in a partition their key does not hash to (a sign the declared partitioner is wrong).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::codec::BadCounts;
 
 #[derive(Debug, Default)]
 pub struct TableStats {
@@ -9,6 +12,8 @@ pub struct TableStats {
     pub messages: AtomicU64,
     pub bytes: AtomicU64,
     pub bad_messages: AtomicU64,
+    /// Bad messages by reason, in the order of [`BadCounts::REASONS`].
+    pub bad_by_reason: [AtomicU64; 4],
     pub tombstones: AtomicU64,
     pub misrouted: AtomicU64,
 }
@@ -20,6 +25,7 @@ pub struct StatsSnapshot {
     pub messages: u64,
     pub bytes: u64,
     pub bad_messages: u64,
+    pub bad_by_reason: [u64; 4],
     pub tombstones: u64,
     pub misrouted: u64,
 }
@@ -31,8 +37,17 @@ impl TableStats {
             messages: self.messages.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             bad_messages: self.bad_messages.load(Ordering::Relaxed),
+            bad_by_reason: std::array::from_fn(|i| self.bad_by_reason[i].load(Ordering::Relaxed)),
             tombstones: self.tombstones.load(Ordering::Relaxed),
             misrouted: self.misrouted.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Count a decoded batch's bad messages, in total and by reason.
+    pub fn add_bad(&self, bad: &BadCounts) {
+        self.add(&self.bad_messages, bad.total());
+        for (counter, n) in self.bad_by_reason.iter().zip(bad.by_reason()) {
+            self.add(counter, n);
         }
     }
 

@@ -352,25 +352,28 @@ impl Engine {
     }
 
     /// Plan a statement into a DataFusion logical plan (after kfsql's rewrites), without running it.
-    ///
-    /// Planning runs like execution: on the statement's [`Lane`] runtime, under the query timeout, and it stops
-    /// when the caller goes.
     pub async fn plan(&self, stmt: DFStatement) -> Result<LogicalPlan> {
-        let timeout = self.inner.config.query_timeout;
+        self.plan_within(stmt, None).await
+    }
+
+    /// [`Self::plan`] under `limit` when that is shorter than the query timeout (a session's `statement_timeout`).
+    ///
+    /// Planning runs like execution: on the statement's [`Lane`] runtime, under the deadline, and it stops when the
+    /// caller goes.
+    pub async fn plan_within(&self, stmt: DFStatement, limit: Option<Duration>) -> Result<LogicalPlan> {
         let inner = self.inner.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = Lane::of_statement(&stmt).runtime().spawn(tracing::Instrument::in_current_span(async move {
-            let planned = match inner.prepare(stmt) {
-                Ok(stmt) => inner.ctx.state().statement_to_plan(stmt).await.map_err(KfsqlError::from_datafusion),
-                Err(e) => Err(e),
-            };
-            let _ = tx.send(planned);
-        }));
-        let _abort = AbortOnDrop(task);
-        tokio::time::timeout(timeout, rx)
-            .await
-            .map_err(|_| KfsqlError::Timeout(timeout))?
-            .map_err(|_| KfsqlError::Internal("planning ended without an answer".into()))?
+        let lane = Lane::of_statement(&stmt);
+        on_lane(lane, self.timeout(limit), async move {
+            let stmt = inner.prepare(stmt)?;
+            inner.ctx.state().statement_to_plan(stmt).await.map_err(KfsqlError::from_datafusion)
+        })
+        .await
+    }
+
+    /// The deadline of a statement: the server's query timeout, or a session's shorter `limit` (a client may
+    /// shorten the server's limit, never lift it).
+    fn timeout(&self, limit: Option<Duration>) -> Duration {
+        limit.map_or(self.inner.config.query_timeout, |l| l.min(self.inner.config.query_timeout))
     }
 
     /// Run one command under the query timeout.
@@ -411,7 +414,7 @@ impl Engine {
         limit: Option<Duration>,
         run: impl FnOnce(Arc<EngineInner>) -> futures::future::BoxFuture<'static, Result<Output>> + Send + 'static,
     ) -> Result<Output> {
-        let timeout = limit.map_or(self.inner.config.query_timeout, |l| l.min(self.inner.config.query_timeout));
+        let timeout = self.timeout(limit);
         let deadline = tokio::time::Instant::now() + timeout;
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Result<Started>>();
         let (rows_tx, rows_rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);
@@ -446,7 +449,7 @@ impl Engine {
                 }
             }
         }));
-        let abort = AbortOnDrop(task);
+        let abort = AbortOnDrop(task.abort_handle());
         let started = tokio::time::timeout_at(deadline, started_rx)
             .await
             .map_err(|_| KfsqlError::Timeout(timeout))?
@@ -476,8 +479,24 @@ enum Started {
     Command { tag: String, rows: Option<usize>, notices: Vec<String> },
 }
 
+/// Run `work` on `lane`'s runtime, in the caller's span: its answer within `timeout`, and the work aborted when
+/// the time is up or the caller goes.
+async fn on_lane<T: Send + 'static>(
+    lane: Lane,
+    timeout: Duration,
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    let task = lane.runtime().spawn(tracing::Instrument::in_current_span(work));
+    let _abort = AbortOnDrop(task.abort_handle());
+    match tokio::time::timeout(timeout, task).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => Err(KfsqlError::Internal(format!("the statement's task failed: {e}"))),
+        Err(_) => Err(KfsqlError::Timeout(timeout)),
+    }
+}
+
 /// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop(tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -330,7 +330,7 @@ impl Handlers {
             Command::Session(cmd) => Ok(self.session_command(client, cmd, format)),
             Command::Prepare { statement, .. } => {
                 use datafusion::logical_expr::{Prepare, Statement as PlanStatement};
-                match self.engine.plan(statement).await.map_err(to_pg)? {
+                match self.engine.plan_within(statement, limit).await.map_err(to_pg)? {
                     LogicalPlan::Statement(PlanStatement::Prepare(Prepare { name, fields, input })) => {
                         let plan = input.as_ref().clone();
                         prepared_statements(client)
@@ -343,7 +343,7 @@ impl Handlers {
             }
             Command::Execute(statement) => {
                 use datafusion::logical_expr::{Execute, Statement as PlanStatement};
-                match self.engine.plan(statement).await.map_err(to_pg)? {
+                match self.engine.plan_within(statement, limit).await.map_err(to_pg)? {
                     LogicalPlan::Statement(PlanStatement::Execute(Execute { name, parameters })) => {
                         let prepared = prepared_statements(client).get(&name).map_err(to_pg)?;
                         let plan = self.engine.bind(&prepared.plan, &prepared.fields, parameters).map_err(to_pg)?;
@@ -362,7 +362,7 @@ impl Handlers {
                     Some(plan) => plan,
                     None => self
                         .engine
-                        .plan(DFStatement::Statement(Box::new(SqlStatement::Query(query))))
+                        .plan_within(DFStatement::Statement(Box::new(SqlStatement::Query(query))), limit)
                         .await
                         .map_err(to_pg)?,
                 };
@@ -568,7 +568,7 @@ pub struct KfsqlParser {
 impl QueryParser for KfsqlParser {
     type Statement = Prepared;
 
-    async fn parse_sql<C>(&self, _client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
+    async fn parse_sql<C>(&self, client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
@@ -580,7 +580,9 @@ impl QueryParser for KfsqlParser {
         let command = Command::classify(stmt).map_err(to_pg)?;
         // a query's plan, made now for its parameters and result shape (a cursor's too, for Describe of its portal)
         let plan = match command.query_to_plan() {
-            Some(query) => Some(self.engine.plan(query).await.map_err(to_pg)?),
+            Some(query) => Some(
+                self.engine.plan_within(query, session::statement_timeout(client.metadata())).await.map_err(to_pg)?,
+            ),
             None => None,
         };
         let lookup = plan.as_ref().and_then(crate::latest::lookup::Lookup::from_plan).map(Arc::new);

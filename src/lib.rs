@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod kafka;
 pub mod latest;
+pub mod memory;
 pub mod pipeline;
 pub mod scheduler;
 pub mod server;

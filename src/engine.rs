@@ -46,6 +46,9 @@ pub struct EngineConfig {
     /// Memory the operators that hold data (ASOF right sides, sorts, aggregations) may use together; a query that
     /// needs more fails with a resources-exhausted error instead of exhausting the machine. None: unlimited.
     pub memory_limit: Option<usize>,
+    /// The most partitions (so, concurrent tasks on the query runtime) one statement's plan may use: with fewer
+    /// than the cores, a heavy statement leaves workers to the others. None: one per core.
+    pub statement_workers: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -56,6 +59,7 @@ impl Default for EngineConfig {
             database: "kfsql".into(),
             export_dir: PathBuf::from("exports"),
             memory_limit: None,
+            statement_workers: None,
         }
     }
 }
@@ -127,9 +131,12 @@ impl Engine {
     /// Build the engine, read the catalog topic to its end and start following it.
     pub async fn start(cluster: Arc<KafkaCluster>, config: EngineConfig) -> Result<Self> {
         let factory = Arc::new(KafkaTableFactory::new(cluster.clone(), config.query_timeout));
-        let session_config = SessionConfig::new()
+        let mut session_config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema(&config.database, "public");
+        if let Some(n) = config.statement_workers {
+            session_config = session_config.with_target_partitions(n.max(1));
+        }
         let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
         if let Some(limit) = config.memory_limit {
             runtime =

@@ -151,6 +151,10 @@ struct Common {
     /// query fails with a resources-exhausted error. Unlimited by default.
     #[arg(long, env = "KFSQL_MEMORY_LIMIT", value_parser = parse_bytes, global = true)]
     memory_limit: Option<usize>,
+    /// The most workers one statement may use (its plan's partitions), e.g. 4: with fewer than the cores, a heavy
+    /// statement leaves cores to the others. One per core by default.
+    #[arg(long, env = "KFSQL_STATEMENT_WORKERS", global = true)]
+    statement_workers: Option<usize>,
     /// With the embedded Kafka: how many demo transactions to generate.
     #[arg(long, default_value_t = 20_000, global = true)]
     demo_transactions: usize,
@@ -227,6 +231,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         query_timeout: c.query_timeout,
         export_dir: c.export_dir.clone(),
         memory_limit: c.memory_limit,
+        statement_workers: c.statement_workers,
         ..Default::default()
     };
     if let Command::Generate { rate, users, count } = command {

@@ -596,3 +596,47 @@ async fn sql_prepared_statements_belong_to_their_connection() {
     let c = connect(addr).await;
     assert_eq!(code(c.simple_query("EXECUTE p").await.expect_err("gone with b")), "26000");
 }
+
+/// `--statement-workers N` bounds every statement's plan to N partitions (so N tasks on the query runtime), and no
+/// client can lift it: the setting is the server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_workers_bound_each_plan_and_clients_cannot_lift_them() {
+    let cluster = common::cluster();
+    let t = common::unique("workers");
+    common::topic(&cluster, &t, 4).await;
+    let config = kfsql::EngineConfig {
+        catalog_topic: common::unique("catalog"),
+        statement_workers: Some(1),
+        ..Default::default()
+    };
+    let engine = kfsql::Engine::start(cluster, config).await.expect("engine");
+    engine.query(&common::create_table_sql("tx", &t, "")).await.expect("create");
+    let (addr, _task) = kfsql::server::start(engine, "127.0.0.1:0").await.expect("server");
+    let client = connect(addr).await;
+    let shown = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
+        rows.into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(1).map(str::to_string),
+                _ => None,
+            })
+            .expect("a row")
+    };
+    let sql = "SHOW datafusion.execution.target_partitions";
+    assert_eq!(shown(client.simple_query(sql).await.expect("show")), "1");
+    let err = client.simple_query("SET datafusion.execution.target_partitions = 8").await.expect_err("refused");
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
+    assert_eq!(shown(client.simple_query(sql).await.expect("show")), "1");
+    // a plan over 4 Kafka partitions runs as one partition: no repartitioning for a parallel aggregate
+    let plan: Vec<String> = client
+        .simple_query("EXPLAIN SELECT user_id, count(*) FROM tx GROUP BY user_id")
+        .await
+        .expect("explain")
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(1).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    let plan = plan.join("\n");
+    assert!(!plan.contains("RepartitionExec"), "{plan}");
+}

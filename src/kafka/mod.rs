@@ -172,7 +172,7 @@ impl KafkaCluster {
             .set("acks", "all")
             .set("linger.ms", "5")
             // long enough to ride out a leader failover (a dead broker is noticed after its 9 s session timeout)
-            .set("message.timeout.ms", &timeout.as_millis().max(FAILOVER_BUDGET.as_millis()).to_string())
+            .set("message.timeout.ms", timeout.as_millis().max(FAILOVER_BUDGET.as_millis()).to_string())
             .create()
             .map_err(|e| KfsqlError::Kafka(format!("cannot create a producer for {bootstrap}: {e}")))?;
         Ok(Self { bootstrap, timeout, replication: 1, extra, metadata: Arc::new(metadata), producer, embedded })

@@ -426,8 +426,13 @@ impl Engine {
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Result<Started>>();
         let (rows_tx, rows_rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);
         let inner = self.inner.clone();
+        // a panic in the statement's code is an internal error of that statement (XX000), at its start or in its
+        // rows: never a stream that just ends early, which would read as a complete answer
+        let panicked = || KfsqlError::Internal("the statement failed inside the server (a bug: see its log)".into());
         let task = lane.runtime().spawn(tracing::Instrument::in_current_span(async move {
-            let (notices, output) = match run(inner).await {
+            use futures::FutureExt;
+            let ran = std::panic::AssertUnwindSafe(run(inner)).catch_unwind().await.unwrap_or_else(|_| Err(panicked()));
+            let (notices, output) = match ran {
                 Ok(o) => {
                     let (n, o) = o.take_notices();
                     (n, Ok(o))
@@ -439,9 +444,15 @@ impl Engine {
                     if started_tx.send(Ok(Started::Rows(stream.schema(), notices))).is_err() {
                         return;
                     }
-                    while let Some(batch) = stream.next().await {
-                        if rows_tx.send(batch).await.is_err() {
-                            return; // the consumer is gone
+                    loop {
+                        let next = match std::panic::AssertUnwindSafe(stream.next()).catch_unwind().await {
+                            Ok(Some(batch)) => batch,
+                            Ok(None) => return,
+                            Err(_) => Err(panicked().into_datafusion()),
+                        };
+                        let failed = next.is_err();
+                        if rows_tx.send(next).await.is_err() || failed {
+                            return; // the consumer is gone, or the rows ended with an error
                         }
                     }
                 }

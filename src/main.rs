@@ -304,6 +304,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Serve { listen, metrics_listen, .. } => {
             kfsql::memory::start_trimmer();
+            kfsql::server::metrics::Metrics::count_panics();
             // the banner: for people at a terminal, or one log event each when logs are JSON
             let json = cli.common.log_format == LogFormat::Json;
             let say = |line: String| if json { tracing::info!("{line}") } else { eprintln!("{line}") };

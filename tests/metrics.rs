@@ -138,3 +138,48 @@ async fn logs_name_the_connection_and_the_statement() {
         lines.iter().filter(|l| l["fields"]["message"] == "connected" && span_field(l, "connection", "peer").is_some());
     assert!(connected.count() >= 2, "each connection logs its peer: {text}");
 }
+
+/// A panic in the server's code fails its statement with XX000 (at the statement's start or in the middle of its
+/// rows, never as rows that just stop), is counted in `kfsql_panics_total`, and the connection and the server go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_fails_its_statement_loudly_and_is_counted() {
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
+    kfsql::server::metrics::Metrics::count_panics();
+    let cluster = common::cluster();
+    let engine = common::engine(&cluster, &common::unique("catalog")).await;
+    // a function that panics on the value 7: a stand-in for a bug anywhere in a statement's code
+    let bug = create_udf(
+        "explode_on_7",
+        vec![DataType::Int64],
+        DataType::Int64,
+        Volatility::Volatile,
+        std::sync::Arc::new(|args: &[ColumnarValue]| {
+            let v = args[0].to_array(1)?;
+            let v = v.as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().expect("int64");
+            assert!(!v.values().contains(&7), "a bug in a statement's code");
+            Ok(ColumnarValue::Array(std::sync::Arc::new(v.clone())))
+        }),
+    );
+    engine.context().register_udf(ScalarUDF::from(bug));
+    let metrics = kfsql::server::metrics::serve("127.0.0.1:0", engine.clone()).expect("metrics");
+    let (addr, _task) = kfsql::server::start(engine, "127.0.0.1:0").await.expect("server");
+    let (client, conn) =
+        tokio_postgres::connect(&format!("host=127.0.0.1 port={} user=kfsql dbname=kfsql", addr.port()), NoTls)
+            .await
+            .expect("connect");
+    tokio::spawn(conn);
+    let before = sample(&scrape(metrics), "kfsql_panics_total").unwrap_or(0.0);
+    // rows 1..=8192 go out in batches; the one holding 7 panics after the statement started
+    let err = client
+        .simple_query("SELECT explode_on_7(x) FROM unnest(range(1, 20000)) AS t(x)")
+        .await
+        .expect_err("the panic is an error, not a short answer");
+    assert_eq!(err.code().map(|c| c.code()), Some("XX000"), "{err}");
+    let err = client.query("SELECT explode_on_7(7)", &[]).await.expect_err("XX000");
+    assert_eq!(err.code().map(|c| c.code()), Some("XX000"), "{err}");
+    let n: i64 = client.query_one("SELECT count(*) FROM unnest(range(1, 100))", &[]).await.expect("served").get(0);
+    assert_eq!(n, 99, "the connection goes on");
+    let after = sample(&scrape(metrics), "kfsql_panics_total").expect("counted");
+    assert!(after >= before + 2.0, "{before} -> {after}");
+}

@@ -35,6 +35,7 @@ pub struct Metrics {
     connections_refused: Counter,
     statements: Family<Outcome, Counter>,
     answer_seconds: Histogram,
+    panics: Counter,
 }
 
 impl Metrics {
@@ -61,7 +62,21 @@ impl Metrics {
                 "Time from a statement's arrival to the start of its answer",
                 answer_seconds.clone(),
             );
-            Metrics { registry, connections, connections_total, connections_refused, statements, answer_seconds }
+            let panics = Counter::default();
+            registry.register(
+                "panics",
+                "Panics in the server's code (each answered as an error to its client, never a silent drop)",
+                panics.clone(),
+            );
+            Metrics {
+                registry,
+                connections,
+                connections_total,
+                connections_refused,
+                statements,
+                answer_seconds,
+                panics,
+            }
         })
     }
 
@@ -70,6 +85,20 @@ impl Metrics {
         self.connections.inc();
         self.connections_total.inc();
         ConnectionGuard(self)
+    }
+
+    /// Count every panic of the process in `kfsql_panics_total`, and log it (in the span of the connection and
+    /// statement it happened in) as well as printing it as Rust does. Installed once, by `kfsql serve`.
+    pub fn count_panics() {
+        static INSTALLED: std::sync::Once = std::sync::Once::new();
+        INSTALLED.call_once(|| {
+            let default = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                Metrics::global().panics.inc();
+                tracing::error!("panic: {info}");
+                default(info);
+            }));
+        });
     }
 
     /// A connection refused past the limit.

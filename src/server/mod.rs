@@ -295,7 +295,17 @@ impl Handlers {
         let id = NEXT_STATEMENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let span = tracing::info_span!("statement", stmt = id, kind = cmd.kind());
         let start = std::time::Instant::now();
-        let mut response = self.answer(client, cmd, plan, format).instrument(span.clone()).await;
+        // a panic while answering (the statement's task is caught by its runtime; this is the connection's own
+        // code) fails the statement with XX000 instead of dropping the connection without a word
+        let answered =
+            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(self.answer(client, cmd, plan, format)))
+                .instrument(span.clone())
+                .await;
+        let mut response = answered.unwrap_or_else(|_| {
+            Err(to_pg(KfsqlError::Internal(
+                "the server failed while answering this statement (a bug: see its log)".into(),
+            )))
+        });
         let sqlstate = match &mut response {
             // rows may still fail while they stream: the stream counts the statement when it ends
             Ok(Response::Query(q)) => {

@@ -602,7 +602,9 @@ macro_rules! process_socket_messages {
                     PgWireConnectionState::CopyInProgress(is_extended_query) => is_extended_query,
                     _ => msg.is_extended_query(),
                 };
-                if let Err(mut e) = process_message(
+                // kfsql: a panic while processing a message is answered (FATAL XX000) before the connection
+                // closes, never a silent drop; the connection's state after it is unknown, so it ends
+                let processed = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(process_message(
                     msg,
                     socket,
                     startup_handler.clone(),
@@ -610,11 +612,23 @@ macro_rules! process_socket_messages {
                     extended_query_handler.clone(),
                     copy_handler.clone(),
                     cancel_handler.clone(),
-                )
-                .await
-                {
-                    error_handler.on_error(socket, &mut e);
-                    process_error(socket, e, is_extended_query).await?;
+                )))
+                .await;
+                match processed {
+                    Ok(Ok(())) => {}
+                    Ok(Err(mut e)) => {
+                        error_handler.on_error(socket, &mut e);
+                        process_error(socket, e, is_extended_query).await?;
+                    }
+                    Err(_) => {
+                        let info = ErrorInfo::new(
+                            "FATAL".to_owned(),
+                            "XX000".to_owned(),
+                            "internal error while processing a message".to_owned(),
+                        );
+                        let _ = socket.send(PgWireBackendMessage::ErrorResponse(info.into())).await;
+                        break;
+                    }
                 }
             } else {
                 // kfsql: a message that does not decode is answered (08P01, FATAL) before the connection closes

@@ -8,6 +8,9 @@
 //!   schedule next to the query runtime's, so a statement that holds every query worker without yielding delays a
 //!   lookup by a time slice, not by its own run time.
 //!
+//! Under load the operating system arbitrates: the query runtime's threads and the scan threads run at a lower
+//! priority ([`QUERY_NICENESS`]) than the interactive runtime and the connections' runtime.
+//!
 //! A statement is classified before it runs, on its AST (simple protocol) or its plan (extended protocol). Anything
 //! not known to be light is [`Lane::Query`].
 
@@ -114,18 +117,43 @@ pub fn query_runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     RUNTIME.get_or_init(|| {
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        runtime("kfsql-query", workers)
+        runtime("kfsql-query", workers, QUERY_NICENESS)
     })
 }
 
 /// The runtime of lookups and catalog reads. Never dropped.
 pub fn interactive_runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RUNTIME.get_or_init(|| runtime("kfsql-interactive", INTERACTIVE_WORKERS))
+    RUNTIME.get_or_init(|| runtime("kfsql-interactive", INTERACTIVE_WORKERS, 0))
 }
 
-fn runtime(name: &str, workers: usize) -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).thread_name(name).enable_all().build() {
+/// How much lower the operating system ranks the query runtime's threads (and the scan threads they start) than
+/// every other thread of the server: when all cores are busy with scans, a lookup's or a connection's thread that
+/// wakes up runs first instead of waiting for a time slice (Linux nice values: 5 is about a third of the CPU share).
+pub const QUERY_NICENESS: i32 = 5;
+
+/// Lower the calling thread's scheduling priority by `niceness` (Linux; a no-op elsewhere). Raising one's own
+/// niceness needs no privilege.
+pub fn lower_priority(niceness: i32) {
+    #[cfg(target_os = "linux")]
+    if niceness > 0 {
+        // SAFETY: gettid and setpriority on the calling thread only read their arguments.
+        unsafe {
+            let tid = libc::gettid();
+            let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, (now + niceness).min(19));
+        }
+    }
+}
+
+fn runtime(name: &str, workers: usize, niceness: i32) -> tokio::runtime::Runtime {
+    let built = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name(name)
+        .on_thread_start(move || lower_priority(niceness))
+        .enable_all()
+        .build();
+    match built {
         Ok(rt) => rt,
         // Creating a runtime only fails when the OS refuses threads; nothing can run then.
         Err(e) => {

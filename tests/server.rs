@@ -640,3 +640,26 @@ async fn statement_workers_bound_each_plan_and_clients_cannot_lift_them() {
     let plan = plan.join("\n");
     assert!(!plan.contains("RepartitionExec"), "{plan}");
 }
+
+/// Named statements and portals of the extended protocol are bounded per connection like SQL `PREPARE`d ones:
+/// the 1 025th is refused with 54000, the connection goes on, and closing one makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_statements_are_bounded_per_connection() {
+    let cluster = common::cluster();
+    let engine = common::engine(&cluster, &common::unique("catalog")).await;
+    let (addr, _task) = kfsql::server::start(engine, "127.0.0.1:0").await.expect("server");
+    let client = connect(addr).await;
+    let mut kept = Vec::new();
+    for i in 0..1024 {
+        kept.push(client.prepare(&format!("SELECT {i}")).await.unwrap_or_else(|e| panic!("statement {i}: {e}")));
+    }
+    let err = client.prepare("SELECT 1024").await.expect_err("one past the limit");
+    assert_eq!(err.code().map(|c| c.code()), Some("54000"), "{err}");
+    let other = connect(addr).await;
+    other.prepare("SELECT 1").await.expect("another connection has its own room");
+    kept.truncate(1000); // tokio-postgres closes the dropped ones
+    client.simple_query("SELECT 1").await.expect("sync");
+    let s = client.prepare("SELECT 1025").await.expect("room again");
+    let n: i64 = client.query_one(&s, &[]).await.expect("runs").get(0);
+    assert_eq!(n, 1025);
+}

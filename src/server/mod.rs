@@ -675,6 +675,10 @@ fn rows_response<C: ClientInfo>(
     Ok(Response::Query(QueryResponse::new(fields, encoded)))
 }
 
+/// The most named statements, and the most named portals, one connection may keep through the extended protocol
+/// (as many as SQL `PREPARE`d statements: see [`prepared::MAX_PER_CONNECTION`]).
+const MAX_PROTOCOL_STATEMENTS: usize = prepared::MAX_PER_CONNECTION;
+
 /// The plan's parameter types in `$1, $2, …` order.
 /// The most parameters a Bind can carry (its count is an unsigned 16-bit field), as in PostgreSQL.
 const MAX_PARAMETERS: usize = 65_535;
@@ -714,7 +718,40 @@ impl ExtendedQueryHandler for Handlers {
         self.parser.clone()
     }
 
-    /// `BindComplete` waits for the `Sync` flush (see [`coalesce`]).
+    /// A named statement past the connection's [`MAX_PROTOCOL_STATEMENTS`] is refused (54000); otherwise as
+    /// pgwire does: parse (and plan), store, `ParseComplete` (written out at the next `Sync`).
+    async fn on_parse<C>(&self, client: &mut C, message: pgwire::messages::extendedquery::Parse) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.clone().unwrap_or_default();
+        let store = client.portal_store();
+        if !name.is_empty()
+            && store.get_statement(&name).is_none()
+            && store.statement_count() >= MAX_PROTOCOL_STATEMENTS
+        {
+            return Err(to_pg(KfsqlError::LimitExceeded(format!(
+                "at most {MAX_PROTOCOL_STATEMENTS} prepared statements per connection: close some first"
+            ))));
+        }
+        match pgwire::api::stmt::StoredStatement::parse(client, &message, self.parser.clone()).await? {
+            Some(stmt) => client.portal_store().put_statement(Arc::new(stmt)),
+            None => client.portal_store().put_empty_statement(&name),
+        }
+        // as PostgreSQL: ParseComplete goes out with the answers to what follows, at the next Sync or Flush
+        futures::SinkExt::feed(
+            client,
+            PgWireBackendMessage::ParseComplete(pgwire::messages::extendedquery::ParseComplete::new()),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A named portal past the connection's [`MAX_PROTOCOL_STATEMENTS`] is refused (54000); `BindComplete` waits for
+    /// the `Sync` flush (see [`coalesce`]).
     async fn on_bind<C>(&self, client: &mut C, message: pgwire::messages::extendedquery::Bind) -> PgWireResult<()>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -722,6 +759,14 @@ impl ExtendedQueryHandler for Handlers {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let portal = message.portal_name.clone().unwrap_or_default();
+        let store = client.portal_store();
+        if !portal.is_empty() && store.get_portal(&portal).is_none() && store.portal_count() >= MAX_PROTOCOL_STATEMENTS
+        {
+            return Err(to_pg(KfsqlError::LimitExceeded(format!(
+                "at most {MAX_PROTOCOL_STATEMENTS} open portals per connection: close some first"
+            ))));
+        }
         coalesce::bind(client, message).await
     }
 

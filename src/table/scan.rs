@@ -226,6 +226,7 @@ impl ExecutionPlan for KafkaScanExec {
         std::thread::Builder::new()
             .name(format!("kfsql-scan-{}-{}", spec.topic, range.partition))
             .spawn(move || {
+                crate::scheduler::lower_priority(crate::scheduler::QUERY_NICENESS);
                 let _in_span = span.enter();
                 if let Err(e) = read_partition(&spec, range, &tx) {
                     let _ = tx.blocking_send(Err(e.into_datafusion()));

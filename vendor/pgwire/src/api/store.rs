@@ -76,6 +76,16 @@ pub trait PortalStore: Any + Send + Sync + 'static {
 
     /// Retrieve a portal by name.
     fn get_portal(&self, name: &str) -> Option<Entry<Portal<Self::Statement>>>;
+
+    /// kfsql: how many prepared statements are stored (for a per-connection limit).
+    fn statement_count(&self) -> usize {
+        0
+    }
+
+    /// kfsql: how many portals are stored (for a per-connection limit).
+    fn portal_count(&self) -> usize {
+        0
+    }
 }
 
 /// In-memory implementation of `PortalStore` backed by `BTreeMap`.
@@ -138,6 +148,14 @@ impl<S: Clone + Send + Sync + 'static> PortalStore for MemPortalStore<S> {
     fn get_portal(&self, name: &str) -> Option<Entry<Portal<Self::Statement>>> {
         let guard = self.portals.read().unwrap();
         guard.get(name).cloned()
+    }
+
+    fn statement_count(&self) -> usize {
+        self.statements.read().map(|g| g.len()).unwrap_or(0)
+    }
+
+    fn portal_count(&self) -> usize {
+        self.portals.read().map(|g| g.len()).unwrap_or(0)
     }
 }
 

@@ -129,8 +129,8 @@ pub fn interactive_runtime() -> &'static tokio::runtime::Runtime {
 
 /// How much lower the operating system ranks the query runtime's threads (and the scan threads they start) than
 /// every other thread of the server: when all cores are busy with scans, a lookup's or a connection's thread that
-/// wakes up runs first instead of waiting for a time slice (Linux nice values: 5 is about a third of the CPU share).
-pub const QUERY_NICENESS: i32 = 5;
+/// wakes up runs first instead of waiting for a time slice (Linux nice values: at 10 a busy thread gets about a tenth of the CPU share of one at 0).
+pub const QUERY_NICENESS: i32 = 10;
 
 /// Lower the calling thread's scheduling priority by `niceness` (Linux; a no-op elsewhere). Raising one's own
 /// niceness needs no privilege.

@@ -10,8 +10,8 @@ Run by scripts/test.sh against the debug binary serving the demo (embedded Kafka
    in the server log).
 2. A corpus of bad SQL: every statement is refused with a SQLSTATE other than XX000, and the server answers next.
 3. 1 000 connections that declare WITH HOLD cursors and prepare statements, then vanish without a Terminate: all
-   served, and the server's settled RSS after them is within 10% of the settled RSS before (free memory goes back
-   to the system: see src/memory.rs).
+   served, and the server's settled RSS after them is at most 10% above the settled RSS before (free memory goes
+   back to the system: see src/memory.rs).
 4. 100 connections of mixed lookups, scans and catalog queries for KFSQL_RELIABILITY_SECS (default 60): no error
    and no wrong answer; RSS flat under load (the median of the last fifth's samples within 10% of the second fifth's)
    and, once idle again, within 10% of where it was before.
@@ -277,7 +277,8 @@ def abandoned():
     print(f"figure: abandoned connections: 1000 with cursors and prepared statements, {len(errors)} errors, "
           f"settled RSS {before:.0f} MiB -> {after:.0f} MiB ({after / before:.2f}x)")
     check(not errors, "1000 vanishing connections are all served", "; ".join(errors[:3]))
-    check(0.9 <= after / before <= 1.1, "1000 vanished connections leave RSS where it started (within 10%)",
+    # a leak shows as growth; ending lower only means the warm-up had not given everything back yet
+    check(after <= 1.1 * before, "1000 vanished connections leave RSS where it started (at most 10% above)",
           f"{before:.0f} MiB -> {after:.0f} MiB")
 
 

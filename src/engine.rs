@@ -123,8 +123,8 @@ struct EngineInner {
     empty_relations: std::collections::HashSet<String>,
     latest: Arc<crate::latest::LatestViews>,
     pipelines: Arc<crate::pipeline::Pipelines>,
-    /// This engine, for the pipelines it starts.
-    me: std::sync::Weak<EngineInner>,
+    /// This engine, as the pipelines it starts see it.
+    me: std::sync::Weak<dyn Tables>,
 }
 
 impl Engine {
@@ -428,10 +428,12 @@ impl Engine {
         let inner = self.inner.clone();
         // a panic in the statement's code is an internal error of that statement (XX000), at its start or in its
         // rows: never a stream that just ends early, which would read as a complete answer
-        let panicked = || KfsqlError::Internal("the statement failed inside the server (a bug: see its log)".into());
         let task = lane.runtime().spawn(tracing::Instrument::in_current_span(async move {
             use futures::FutureExt;
-            let ran = std::panic::AssertUnwindSafe(run(inner)).catch_unwind().await.unwrap_or_else(|_| Err(panicked()));
+            let ran = std::panic::AssertUnwindSafe(run(inner))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err(KfsqlError::panicked()));
             let (notices, output) = match ran {
                 Ok(o) => {
                     let (n, o) = o.take_notices();
@@ -448,7 +450,7 @@ impl Engine {
                         let next = match std::panic::AssertUnwindSafe(stream.next()).catch_unwind().await {
                             Ok(Some(batch)) => batch,
                             Ok(None) => return,
-                            Err(_) => Err(panicked().into_datafusion()),
+                            Err(_) => Err(KfsqlError::panicked().into_datafusion()),
                         };
                         let failed = next.is_err();
                         if rows_tx.send(next).await.is_err() || failed {
@@ -508,7 +510,8 @@ async fn on_lane<T: Send + 'static>(
     let _abort = AbortOnDrop(task.abort_handle());
     match tokio::time::timeout(timeout, task).await {
         Ok(Ok(answer)) => answer,
-        Ok(Err(e)) => Err(KfsqlError::Internal(format!("the statement's task failed: {e}"))),
+        // the task is only aborted once nobody awaits it, so a failed join is a panic
+        Ok(Err(_)) => Err(KfsqlError::panicked()),
         Err(_) => Err(KfsqlError::Timeout(timeout)),
     }
 }
@@ -592,7 +595,7 @@ impl EngineInner {
         self.ctx.register_table(name, Arc::new(table))?;
         self.defs.write().unwrap_or_else(|p| p.into_inner()).insert(def.name.clone(), def.clone());
         match &def.pipeline {
-            Some(p) => self.pipelines.sync(&def.name, &p.query, self.me.clone() as std::sync::Weak<dyn Tables>),
+            Some(p) => self.pipelines.sync(&def.name, &p.query, self.me.clone()),
             None => self.pipelines.stop(&def.name),
         }
         Ok(())

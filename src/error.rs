@@ -149,6 +149,12 @@ impl KfsqlError {
         }
     }
 
+    /// A panic in the server's code, answered to the statement it happened in (XX000); the panic itself is in the
+    /// server's log and counted in `kfsql_panics_total`.
+    pub fn panicked() -> Self {
+        KfsqlError::Internal("the statement failed inside the server (a bug: see the server's log)".into())
+    }
+
     /// Wrap into a DataFusionError so it can cross DataFusion APIs and be recovered by [`Self::from_datafusion`].
     pub fn into_datafusion(self) -> DataFusionError {
         DataFusionError::External(Box::new(self))

@@ -89,19 +89,7 @@ async fn logs_name_the_connection_and_the_statement() {
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("kfsql starts");
-    let connect = || async {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let conn = format!("host=127.0.0.1 port={port} user=kfsql dbname=kfsql");
-            if let Ok((client, conn)) = tokio_postgres::connect(&conn, NoTls).await {
-                tokio::spawn(conn);
-                return client;
-            }
-            assert!(std::time::Instant::now() < deadline, "kfsql never accepted connections");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    let (a, b) = (connect().await, connect().await);
+    let (a, b) = (common::connect_when_up(port).await, common::connect_when_up(port).await);
     a.simple_query("SELECT * FROM table_of_client_a").await.expect_err("42P01");
     b.simple_query("SELECT 1/0").await.expect_err("22012");
     b.simple_query("SELECT 1").await.expect("ok");

@@ -391,19 +391,6 @@ impl Server {
             .expect("kfsql starts");
         Server(child)
     }
-
-    async fn connect(port: u16) -> tokio_postgres::Client {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let conn = format!("host=127.0.0.1 port={port} user=kfsql dbname=kfsql");
-            if let Ok((client, conn)) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await {
-                tokio::spawn(conn);
-                return client;
-            }
-            assert!(Instant::now() < deadline, "kfsql never accepted connections");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
 }
 
 impl Drop for Server {
@@ -440,7 +427,7 @@ async fn killed_server_resumes_its_pipelines() {
     common::topic(&cluster, &raw, 3).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
     let mut server = Server::start(&brokers, &catalog, port);
-    let client = Server::connect(port).await;
+    let client = common::connect_when_up(port).await;
     text_rows(&client, &common::create_table_sql("transactions", &raw, "")).await;
     text_rows(
         &client,
@@ -465,7 +452,7 @@ async fn killed_server_resumes_its_pipelines() {
         produce(&cluster, &raw, chunk).await;
         if round % 4 == 3 {
             // kill once this server's pipeline has committed progress, at a random moment after
-            let client = Server::connect(port).await;
+            let client = common::connect_when_up(port).await;
             let deadline = Instant::now() + Duration::from_secs(60);
             while text_rows(&client, "SELECT checkpoints FROM kfsql.pipelines WHERE name = 'per_minute'")
                 .await
@@ -487,7 +474,7 @@ async fn killed_server_resumes_its_pipelines() {
     let closer = Txn { id: 99_999, user: "u_closer".into(), amount: 1.0, country: "FR", t: last + 10 * MINUTE };
     produce(&cluster, &raw, std::slice::from_ref(&closer)).await;
     let until = last.div_euclid(MINUTE) * MINUTE + MINUTE;
-    let client = Server::connect(port).await;
+    let client = common::connect_when_up(port).await;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let r = text_rows(

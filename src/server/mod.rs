@@ -301,11 +301,7 @@ impl Handlers {
             futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(self.answer(client, cmd, plan, format)))
                 .instrument(span.clone())
                 .await;
-        let mut response = answered.unwrap_or_else(|_| {
-            Err(to_pg(KfsqlError::Internal(
-                "the server failed while answering this statement (a bug: see its log)".into(),
-            )))
-        });
+        let mut response = answered.unwrap_or_else(|_| Err(to_pg(KfsqlError::panicked())));
         let sqlstate = match &mut response {
             // rows may still fail while they stream: the stream counts the statement when it ends
             Ok(Response::Query(q)) => {
@@ -679,6 +675,17 @@ fn rows_response<C: ClientInfo>(
 /// (as many as SQL `PREPARE`d statements: see [`prepared::MAX_PER_CONNECTION`]).
 const MAX_PROTOCOL_STATEMENTS: usize = prepared::MAX_PER_CONNECTION;
 
+/// Whether a connection holding `count` named `what` may store one under `name`: the unnamed one and a name it
+/// already holds replace what is there; a new name past [`MAX_PROTOCOL_STATEMENTS`] is refused (54000).
+fn room_for(name: &str, known: bool, count: usize, what: &str) -> PgWireResult<()> {
+    if name.is_empty() || known || count < MAX_PROTOCOL_STATEMENTS {
+        return Ok(());
+    }
+    Err(to_pg(KfsqlError::LimitExceeded(format!(
+        "at most {MAX_PROTOCOL_STATEMENTS} {what} per connection: close some first"
+    ))))
+}
+
 /// The plan's parameter types in `$1, $2, …` order.
 /// The most parameters a Bind can carry (its count is an unsigned 16-bit field), as in PostgreSQL.
 const MAX_PARAMETERS: usize = 65_535;
@@ -729,14 +736,7 @@ impl ExtendedQueryHandler for Handlers {
     {
         let name = message.name.clone().unwrap_or_default();
         let store = client.portal_store();
-        if !name.is_empty()
-            && store.get_statement(&name).is_none()
-            && store.statement_count() >= MAX_PROTOCOL_STATEMENTS
-        {
-            return Err(to_pg(KfsqlError::LimitExceeded(format!(
-                "at most {MAX_PROTOCOL_STATEMENTS} prepared statements per connection: close some first"
-            ))));
-        }
+        room_for(&name, store.get_statement(&name).is_some(), store.statement_count(), "prepared statements")?;
         match pgwire::api::stmt::StoredStatement::parse(client, &message, self.parser.clone()).await? {
             Some(stmt) => client.portal_store().put_statement(Arc::new(stmt)),
             None => client.portal_store().put_empty_statement(&name),
@@ -761,12 +761,7 @@ impl ExtendedQueryHandler for Handlers {
     {
         let portal = message.portal_name.clone().unwrap_or_default();
         let store = client.portal_store();
-        if !portal.is_empty() && store.get_portal(&portal).is_none() && store.portal_count() >= MAX_PROTOCOL_STATEMENTS
-        {
-            return Err(to_pg(KfsqlError::LimitExceeded(format!(
-                "at most {MAX_PROTOCOL_STATEMENTS} open portals per connection: close some first"
-            ))));
-        }
+        room_for(&portal, store.get_portal(&portal).is_some(), store.portal_count(), "open portals")?;
         coalesce::bind(client, message).await
     }
 

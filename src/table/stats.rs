@@ -1,6 +1,6 @@
-//! Per-table counters that scans update and `kfsql.table_stats` shows: messages read, bad messages (by reason for
-//! `/metrics`), tombstones, and
-//! messages found in a partition their key does not hash to (a sign the declared partitioner is wrong).
+//! Per-table counters that scans update and `kfsql.table_stats` shows: messages read, bad messages (by reason, as
+//! `/metrics` shows them; their sum in `kfsql.table_stats`), tombstones, and messages found in a partition their key
+//! does not hash to (a sign the declared partitioner is wrong).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,7 +11,6 @@ pub struct TableStats {
     pub scans: AtomicU64,
     pub messages: AtomicU64,
     pub bytes: AtomicU64,
-    pub bad_messages: AtomicU64,
     /// Bad messages by reason, in the order of [`BadCounts::REASONS`].
     pub bad_by_reason: [AtomicU64; 4],
     pub tombstones: AtomicU64,
@@ -24,6 +23,7 @@ pub struct StatsSnapshot {
     pub scans: u64,
     pub messages: u64,
     pub bytes: u64,
+    /// All bad messages: the sum of `bad_by_reason`.
     pub bad_messages: u64,
     pub bad_by_reason: [u64; 4],
     pub tombstones: u64,
@@ -32,20 +32,20 @@ pub struct StatsSnapshot {
 
 impl TableStats {
     pub fn snapshot(&self) -> StatsSnapshot {
+        let bad_by_reason: [u64; 4] = std::array::from_fn(|i| self.bad_by_reason[i].load(Ordering::Relaxed));
         StatsSnapshot {
             scans: self.scans.load(Ordering::Relaxed),
             messages: self.messages.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
-            bad_messages: self.bad_messages.load(Ordering::Relaxed),
-            bad_by_reason: std::array::from_fn(|i| self.bad_by_reason[i].load(Ordering::Relaxed)),
+            bad_messages: bad_by_reason.iter().sum(),
+            bad_by_reason,
             tombstones: self.tombstones.load(Ordering::Relaxed),
             misrouted: self.misrouted.load(Ordering::Relaxed),
         }
     }
 
-    /// Count a decoded batch's bad messages, in total and by reason.
+    /// Count a decoded batch's bad messages by reason.
     pub fn add_bad(&self, bad: &BadCounts) {
-        self.add(&self.bad_messages, bad.total());
         for (counter, n) in self.bad_by_reason.iter().zip(bad.by_reason()) {
             self.add(counter, n);
         }

@@ -239,3 +239,17 @@ pub fn kafka_tool(class: &str, args: &[&str]) -> String {
     assert!(out.status.success(), "{class} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A client of the kfsql server on 127.0.0.1:`port`, retrying while the server starts (up to 60 s).
+pub async fn connect_when_up(port: u16) -> tokio_postgres::Client {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let conn = format!("host=127.0.0.1 port={port} user=kfsql dbname=kfsql");
+        if let Ok((client, conn)) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await {
+            tokio::spawn(conn);
+            return client;
+        }
+        assert!(std::time::Instant::now() < deadline, "kfsql never accepted connections");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

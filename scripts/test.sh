@@ -7,7 +7,8 @@
 #   3. starts Apache Kafka (scripts/kafka.sh: one KRaft node on free loopback ports) and runs the broker suites
 #      against it; the tests that kill brokers start clusters of their own (1 or 3 nodes) through the same script;
 #   4. drives the real `kfsql` binary, serving the fraud demo from a fresh Kafka, with psql, pgjdbc, node-pg, the
-#      Python clients (psycopg 3, psycopg2, SQLAlchemy, pandas), Spark over JDBC, and replays the captured client
+#      Python clients (psycopg 3, psycopg2, SQLAlchemy, pandas), ADBC Flight SQL and pyarrow.flight on its Arrow
+#      Flight SQL endpoint, Spark over JDBC, and replays the captured client
 #      traffic in tests/clients/corpus;
 #   5. stops everything it started and prints the wall time of each phase.
 # Every suite prints its own counts; any failure, or a suite that cannot run, fails the whole script.
@@ -72,8 +73,10 @@ fi
 export KFSQL_STREAMS_CP="$STREAMS_APP/target/classes:$STREAMS_APP/target/lib/*"
 
 VENV="$ROOT/target/venv"
-PY_PACKAGES=('psycopg[binary]==3.3.*' 'psycopg2-binary==2.9.*' 'sqlalchemy==2.*' 'pandas==3.*' 'pyspark==4.3.0')
-if ! "$VENV/bin/python" -c 'import psycopg, psycopg2, sqlalchemy, pandas, pyspark' 2>/dev/null; then
+PY_PACKAGES=('psycopg[binary]==3.3.*' 'psycopg2-binary==2.9.*' 'sqlalchemy==2.*' 'pandas==3.*' 'pyspark==4.3.0'
+  'pyarrow==26.*' 'polars==2.*' 'adbc-driver-manager==1.13.*' 'adbc-driver-flightsql==1.13.*')
+if ! "$VENV/bin/python" -c 'import psycopg, psycopg2, sqlalchemy, pandas, pyspark, pyarrow, polars, adbc_driver_flightsql' \
+  2>/dev/null; then
   echo "installing with pip into $VENV: ${PY_PACKAGES[*]}"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
@@ -125,9 +128,9 @@ fi
 phase "psql against the kfsql binary (the fraud demo loaded into a fresh Apache Kafka)"
 CLUSTERS+=("$WORK/kafka-clients")
 CLIENT_BROKERS=$(scripts/kafka.sh start "$WORK/kafka-clients")
-PG_PORT=$(free_port)
-./target/debug/kfsql serve --listen "127.0.0.1:$PG_PORT" --brokers "$CLIENT_BROKERS" --demo \
-  --demo-transactions 5000 >"$WORK/kfsql.log" 2>&1 &
+PG_PORT=$(free_port) FLIGHT_PORT=$(free_port)
+./target/debug/kfsql serve --listen "127.0.0.1:$PG_PORT" --flight-listen "127.0.0.1:$FLIGHT_PORT" \
+  --brokers "$CLIENT_BROKERS" --demo --demo-transactions 5000 >"$WORK/kfsql.log" 2>&1 &
 PIDS+=("$!")
 wait_port "$PG_PORT"
 PSQL=(psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U kfsql -d kfsql -v ON_ERROR_STOP=1)
@@ -188,6 +191,8 @@ echo "psql: $PASSED passed, $FAILED failed"
 
 phase "Python clients against the same server"
 "$PY" tests/clients/python_clients.py "host=127.0.0.1 port=$PG_PORT user=kfsql dbname=kfsql" 5000
+phase "Arrow Flight SQL clients (ADBC into pyarrow, pandas and polars; pyarrow.flight) against the same server"
+"$PY" tests/clients/flight_client.py open "grpc://127.0.0.1:$FLIGHT_PORT" "host=127.0.0.1 port=$PG_PORT user=kfsql dbname=kfsql"
 phase "pgjdbc (a Java program) against the same server"
 java -cp "$PGJDBC" tests/clients/JdbcClient.java "jdbc:postgresql://127.0.0.1:$PG_PORT/kfsql?user=kfsql" 5000
 phase "node-postgres against the same server"
@@ -198,10 +203,12 @@ phase "replaying the client traffic captured from PostgreSQL 15 (tests/clients/c
 "$PY" tests/clients/corpus_replay.py "host=127.0.0.1 port=$PG_PORT user=kfsql dbname=kfsql" tests/clients/corpus
 
 phase "psql against kfsql with SCRAM passwords, a read-only user and TLS (a throwaway self-signed certificate)"
-openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/tls.key" -out "$WORK/tls.crt" -days 1 -subj "/CN=localhost" 2>/dev/null
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/tls.key" -out "$WORK/tls.crt" -days 1 -subj "/CN=localhost" \
+  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
 printf 'alice:s3cret\nbob:pw:readonly\n' >"$WORK/users"
-SEC_PORT=$(free_port)
-./target/debug/kfsql serve --listen "127.0.0.1:$SEC_PORT" --demo-transactions 100 --users-file "$WORK/users" \
+SEC_PORT=$(free_port) SEC_FLIGHT_PORT=$(free_port)
+./target/debug/kfsql serve --listen "127.0.0.1:$SEC_PORT" --flight-listen "127.0.0.1:$SEC_FLIGHT_PORT" \
+  --demo-transactions 100 --users-file "$WORK/users" \
   --tls-cert "$WORK/tls.crt" --tls-key "$WORK/tls.key" >"$WORK/kfsql-sec.log" 2>&1 &
 PIDS+=("$!")
 wait_port "$SEC_PORT"
@@ -218,6 +225,8 @@ grep -qF 'read-only' <<<"$got" && [ "$(PGPASSWORD=s3cret psql -X -At "$(conn ali
 result $r 'the read-only user cannot drop tables (labels still has its 100 rows)' "got: $got"
 echo "security: $PASSED passed, $FAILED failed"
 [ "$FAILED" = 0 ]
+phase "Arrow Flight SQL with the same users, read-only rights and certificate"
+"$PY" tests/clients/flight_client.py secure "grpc+tls://localhost:$SEC_FLIGHT_PORT" "$WORK/tls.crt"
 
 phase "reliability: pg-wire fuzzing, bad SQL, vanishing connections, 100 clients, lookups beside runaways"
 REL_PORT=$(free_port) REL_METRICS=$(free_port)

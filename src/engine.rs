@@ -409,6 +409,53 @@ impl Engine {
         self.with_deadline(lane, limit, move |inner| Box::pin(async move { inner.run_plan(plan).await })).await
     }
 
+    /// Plan a query for reading in parallel (Arrow Flight SQL's endpoints): its physical plan, whose output
+    /// partitions a client may read independently and at once — one per Kafka partition when every operator keeps
+    /// rows in their partition, else one (see [`Partitioned::partitions`]).
+    pub async fn plan_partitioned(&self, plan: LogicalPlan, limit: Option<Duration>) -> Result<Partitioned> {
+        let inner = self.inner.clone();
+        let lane = Lane::of_plan(&plan);
+        on_lane(lane, self.timeout(limit), async move {
+            let schema = Arc::new(plan.schema().as_arrow().clone());
+            let (physical, task, notices) = inner.physical(plan).await?;
+            let physical = if independent_partitions(&physical) {
+                physical
+            } else {
+                Arc::new(datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec::new(physical)) as _
+            };
+            Ok(Partitioned { schema, plan: physical, task, notices, lane })
+        })
+        .await
+    }
+
+    /// The rows of output partition `partition` of a [`Partitioned`] plan, run like any statement: on its lane's
+    /// runtime, under the query timeout (or a shorter `limit`), stopped when the stream is dropped.
+    pub async fn execute_partition(
+        &self,
+        planned: &Partitioned,
+        partition: usize,
+        limit: Option<Duration>,
+    ) -> Result<SendableRecordBatchStream> {
+        if partition >= planned.partitions() {
+            return Err(KfsqlError::InvalidParameter(format!(
+                "partition {partition} of a result with {} partitions",
+                planned.partitions()
+            )));
+        }
+        let (plan, task) = (planned.plan.clone(), planned.task.clone());
+        let out = self
+            .with_deadline(planned.lane, limit, move |_| {
+                Box::pin(async move {
+                    Ok(Output::Rows(plan.execute(partition, task).map_err(KfsqlError::from_datafusion)?))
+                })
+            })
+            .await?;
+        match out.take_notices().1 {
+            Output::Rows(rows) => Ok(rows),
+            other => Err(KfsqlError::Internal(format!("a partition answered {other:?}"))),
+        }
+    }
+
     /// Run a statement on its lane's runtime under the query timeout.
     ///
     /// Planning and execution happen on the [`Lane`]'s runtime (see [`crate::scheduler`]), away from the runtime
@@ -491,6 +538,36 @@ impl Engine {
             ),
         })
     }
+}
+
+/// A query planned for parallel reading; see [`Engine::plan_partitioned`].
+pub struct Partitioned {
+    /// The rows' schema (as the logical plan names them).
+    pub schema: SchemaRef,
+    plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    task: Arc<datafusion::execution::TaskContext>,
+    /// NOTICEs about the rows (history Kafka no longer holds).
+    pub notices: Vec<String>,
+    lane: Lane,
+}
+
+impl Partitioned {
+    /// How many output partitions the rows come in; each may be read on its own, concurrently with the others.
+    pub fn partitions(&self) -> usize {
+        use datafusion::physical_plan::ExecutionPlanProperties;
+        self.plan.output_partitioning().partition_count()
+    }
+}
+
+/// Whether the output partitions of `plan` can be run one at a time, in any order: no operator hands rows between
+/// partitions (a repartition runs all of its inputs for any one output and buffers what the other outputs have not
+/// read yet). A subtree that ends in one partition is run whole by its parent, so what lies under it does not matter.
+fn independent_partitions(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> bool {
+    use datafusion::physical_plan::ExecutionPlanProperties;
+    if plan.as_ref().downcast_ref::<datafusion::physical_plan::repartition::RepartitionExec>().is_some() {
+        return false;
+    }
+    plan.children().into_iter().all(|c| c.output_partitioning().partition_count() == 1 || independent_partitions(c))
 }
 
 /// How a statement started on the query runtime.

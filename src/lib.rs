@@ -23,6 +23,6 @@ pub mod system;
 pub mod table;
 pub mod wait;
 
-pub use engine::{Engine, EngineConfig, Output};
+pub use engine::{Engine, EngineConfig, Output, Partitioned};
 pub use error::{KfsqlError, Result};
 pub use sql::command::Command;

@@ -38,6 +38,10 @@ enum Command {
         /// Serve Prometheus metrics on this address (`GET /metrics`), e.g. 127.0.0.1:9187.
         #[arg(long, env = "KFSQL_METRICS_LISTEN")]
         metrics_listen: Option<String>,
+        /// Serve Arrow Flight SQL on this address too (e.g. 127.0.0.1:50051): the same tables, users and TLS
+        /// certificate, results as Arrow batches read in parallel.
+        #[arg(long, env = "KFSQL_FLIGHT_LISTEN")]
+        flight_listen: Option<String>,
         #[command(flatten)]
         security: SecurityArgs,
     },
@@ -86,6 +90,17 @@ struct SecurityArgs {
 }
 
 impl SecurityArgs {
+    /// The TLS certificate and key as PEM bytes (Arrow Flight's server takes them so).
+    fn tls_pem(&self) -> Result<Option<kfsql::server::flight::TlsPem>, Box<dyn std::error::Error>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => {
+                let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()));
+                Ok(Some(kfsql::server::flight::TlsPem { cert: read(c)?, key: read(k)? }))
+            }
+            _ => Ok(None),
+        }
+    }
+
     fn security(&self, listen: &str) -> Result<kfsql::server::auth::Security, Box<dyn std::error::Error>> {
         use kfsql::server::auth::{Security, Users, tls_acceptor};
         let users = match (&self.users_file, &self.users) {
@@ -216,7 +231,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     };
     // refuse a bad security setup before doing anything else
     let security = match &command {
-        Command::Serve { listen, security, .. } => Some(security.security(listen)?),
+        Command::Serve { listen, security, flight_listen, .. } => {
+            if let Some(f) = flight_listen {
+                security.security(f)?; // the same refusal of a non-loopback address without users
+            }
+            Some(security.security(listen)?)
+        }
         Command::Query { .. } | Command::Generate { .. } => None,
     };
     let c = &cli.common;
@@ -302,7 +322,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let _ = std::io::stdout().flush();
             std::process::exit(0)
         }
-        Command::Serve { listen, metrics_listen, .. } => {
+        Command::Serve { listen, metrics_listen, flight_listen, security: security_args } => {
             kfsql::memory::start_trimmer();
             kfsql::server::metrics::Metrics::count_panics();
             // the banner: for people at a terminal, or one log event each when logs are JSON
@@ -318,9 +338,29 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 None => "trust (no passwords)".into(),
             };
             let tls = if security.tls.is_some() { ", TLS" } else { "" };
+            let flight = match &flight_listen {
+                Some(f) => {
+                    let config = kfsql::server::flight::FlightConfig {
+                        users: security.users.clone(),
+                        tls: security_args.tls_pem()?,
+                        max_connections: security.max_connections,
+                    };
+                    let (bound, task) = kfsql::server::flight::start(engine.clone(), f, config).await?;
+                    Some((bound, task))
+                }
+                None => None,
+            };
             let (addr, task) = kfsql::server::start_with(engine, &listen, security).await?;
             say(format!("kfsql {} serving Postgres clients on {addr} ({auth}{tls})", env!("CARGO_PKG_VERSION")));
             say(format!("  psql -h {} -p {} -U kfsql -d kfsql", addr.ip(), addr.port()));
+            let flight_task = match flight {
+                Some((bound, task)) => {
+                    let scheme = if tls.is_empty() { "grpc" } else { "grpc+tls" };
+                    say(format!("  Arrow Flight SQL on {scheme}://{bound} ({auth}{tls})"));
+                    task
+                }
+                None => tokio::spawn(futures::future::pending()),
+            };
             say(format!(
                 "  Kafka bootstrap: {}{}",
                 cluster.bootstrap_servers(),
@@ -328,6 +368,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             ));
             tokio::select! {
                 r = task => { r??; }
+                r = flight_task => { r??; }
                 _ = tokio::signal::ctrl_c() => {
                     eprintln!("kfsql: shutting down");
                     std::process::exit(0)

@@ -75,6 +75,17 @@ impl Users {
         self.users.get(name).is_some_and(|u| u.read_only)
     }
 
+    /// Check a clear-text password (Arrow Flight's basic authentication) against the user's SCRAM verifier:
+    /// `Some(read_only)` when it is the user's password, None for a wrong password or an unknown user alike.
+    pub fn verify(&self, name: &str, password: &str) -> Option<bool> {
+        let user = self.users.get(name)?;
+        let salted = gen_salted_password(password, &user.salt, ITERATIONS);
+        // compared in constant time: how much of a guess was right must not show in the answer's timing
+        let same = salted.len() == user.salted_password.len()
+            && salted.iter().zip(&user.salted_password).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        same.then_some(user.read_only)
+    }
+
     pub fn len(&self) -> usize {
         self.users.len()
     }

@@ -4,6 +4,7 @@
 //! is its own task, and a client that disconnects drops its query's stream, which stops the Kafka readers.
 
 pub mod auth;
+pub mod flight;
 mod cancel;
 mod coalesce;
 mod copy_out;

@@ -197,8 +197,15 @@ phase "pgjdbc (a Java program) against the same server"
 java -cp "$PGJDBC" tests/clients/JdbcClient.java "jdbc:postgresql://127.0.0.1:$PG_PORT/kfsql?user=kfsql" 5000
 phase "node-postgres against the same server"
 NODE_PATH="$NODE_DIR/node_modules" node tests/clients/node_client.js "postgresql://kfsql@127.0.0.1:$PG_PORT/kfsql" 5000
-phase "Spark over JDBC against the same server"
-"$PY" tests/clients/spark_client.py 127.0.0.1 "$PG_PORT" "$PGJDBC"
+phase "Spark over JDBC against the same server, and a partition-wise ASOF training set spread over two servers"
+# a second server on the same Kafka, with a catalog of its own (so it runs none of the first one's pipelines)
+PG2_PORT=$(free_port)
+./target/debug/kfsql serve --listen "127.0.0.1:$PG2_PORT" --brokers "$CLIENT_BROKERS" --no-demo \
+  --catalog-topic kfsql-second-catalog >"$WORK/kfsql-2.log" 2>&1 &
+PIDS+=("$!")
+wait_port "$PG2_PORT"
+psql -X -q -h 127.0.0.1 -p "$PG2_PORT" -U kfsql -d kfsql -v ON_ERROR_STOP=1 -f sql/fraud/tables.sql
+"$PY" tests/clients/spark_client.py 127.0.0.1 "$PG_PORT" "$PGJDBC" "$PG2_PORT"
 phase "replaying the client traffic captured from PostgreSQL 15 (tests/clients/corpus)"
 "$PY" tests/clients/corpus_replay.py "host=127.0.0.1 port=$PG_PORT user=kfsql dbname=kfsql" tests/clients/corpus
 

@@ -149,6 +149,8 @@ impl Engine {
             .with_default_features()
             .with_table_factory("KAFKA".into(), factory.clone())
             .with_query_planner(Arc::new(crate::asof::AsofQueryPlanner))
+            .with_optimizer_rules(optimizer_rules())
+            .with_physical_optimizer_rule(Arc::new(crate::asof::KeepCopartitioned))
             .with_analyzer_rule(Arc::new(sql::checked::CheckedArithmetic::new()))
             .build();
         let ctx = SessionContext::new_with_state(state);
@@ -538,6 +540,16 @@ impl Engine {
             ),
         })
     }
+}
+
+/// DataFusion's optimizer rules with kfsql's ASOF filter pushdown right after DataFusion's filter pushdown, which
+/// leaves filters above the ASOF join (and before projection pruning, which would otherwise lift them back over the
+/// join's projection).
+fn optimizer_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send + Sync>> {
+    let mut rules = datafusion::optimizer::Optimizer::new().rules;
+    let at = rules.iter().position(|r| r.name() == "push_down_filter").map_or(rules.len(), |i| i + 1);
+    rules.insert(at, Arc::new(crate::asof::AsofFilterPushdown));
+    rules
 }
 
 /// A query planned for parallel reading; see [`Engine::plan_partitioned`].

@@ -76,3 +76,74 @@ fn source_column(plan: &Arc<dyn ExecutionPlan>, column: usize) -> Option<KeyPart
     }
     None
 }
+
+/// Physical optimizer rule: keeps a co-partitioned ASOF join partition-wise when DataFusion's distribution pass has
+/// spread one of its inputs round-robin (it does so under a filter whose scan reads fewer Kafka partitions than
+/// the target parallelism — a Spark task's `_partition` range). The round-robin repartitions between the join and
+/// its Kafka scans are dropped when, without them, the sides are co-partitioned; the join then runs one Kafka
+/// partition at a time, which is parallel enough, and reads only the right partitions its left side holds.
+#[derive(Debug, Default)]
+pub struct KeepCopartitioned;
+
+impl datafusion::physical_optimizer::PhysicalOptimizerRule for KeepCopartitioned {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &datafusion::config::ConfigOptions,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        use datafusion::common::tree_node::{Transformed, TreeNode};
+        plan.transform_up(|node| {
+            let Some(join) = node.as_ref().downcast_ref::<super::AsofJoinExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            if join.is_partition_wise() {
+                return Ok(Transformed::no(node));
+            }
+            let children: Vec<Arc<dyn ExecutionPlan>> = node.children().into_iter().cloned().collect();
+            let stripped = children.iter().map(|c| without_round_robin(c)).collect::<datafusion::error::Result<Vec<_>>>()?;
+            if stripped.iter().zip(&children).all(|(s, c)| Arc::ptr_eq(s, c)) {
+                return Ok(Transformed::no(node));
+            }
+            let candidate = node.clone().with_new_children(stripped)?;
+            match candidate.as_ref().downcast_ref::<super::AsofJoinExec>() {
+                Some(j) if j.is_partition_wise() => Ok(Transformed::yes(candidate)),
+                _ => Ok(Transformed::no(node)),
+            }
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "kfsql_keep_copartitioned"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// `plan` without the round-robin repartitions among its partition-keeping operators (the ones
+/// [`key_partitioning`] walks through); the same Arc when there are none.
+fn without_round_robin(plan: &Arc<dyn ExecutionPlan>) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::physical_plan::Partitioning;
+    use datafusion::physical_plan::repartition::RepartitionExec;
+    let any = plan.as_ref();
+    if let Some(r) = any.downcast_ref::<RepartitionExec>()
+        && matches!(r.partitioning(), Partitioning::RoundRobinBatch(_))
+        && !r.preserve_order()
+    {
+        return without_round_robin(r.input());
+    }
+    if any.downcast_ref::<ProjectionExec>().is_some()
+        || any.downcast_ref::<FilterExec>().is_some()
+        || any.downcast_ref::<CooperativeExec>().is_some()
+    {
+        let child = plan.children()[0].clone();
+        let stripped = without_round_robin(&child)?;
+        if Arc::ptr_eq(&stripped, &child) {
+            return Ok(plan.clone());
+        }
+        return plan.clone().with_new_children(vec![stripped]);
+    }
+    Ok(plan.clone())
+}

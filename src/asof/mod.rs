@@ -19,10 +19,13 @@
 //!    partition when both sides are Kafka tables co-partitioned by the join key ([`copartition`]).
 
 mod copartition;
+pub use copartition::KeepCopartitioned;
 mod exec;
 mod node;
 mod plan;
+mod pushdown;
 
 pub use exec::{AsofJoinExec, HISTORY_COLUMN};
 pub use node::{AsofJoin, AsofOp};
 pub use plan::{AsofQueryPlanner, AsofRelationPlanner, rewrite};
+pub use pushdown::AsofFilterPushdown;

@@ -123,6 +123,8 @@ struct EngineInner {
     empty_relations: std::collections::HashSet<String>,
     latest: Arc<crate::latest::LatestViews>,
     pipelines: Arc<crate::pipeline::Pipelines>,
+    /// Rows written into files by `COPY … TO` so far.
+    exported: crate::export::RowsExported,
     /// This engine, as the pipelines it starts see it.
     me: std::sync::Weak<dyn Tables>,
 }
@@ -143,6 +145,7 @@ impl Engine {
                 runtime.with_memory_pool(Arc::new(datafusion::execution::memory_pool::GreedyMemoryPool::new(limit)));
         }
         let runtime = runtime.build_arc().map_err(KfsqlError::from_datafusion)?;
+        let exported = crate::export::RowsExported::default();
         let state = SessionStateBuilder::new()
             .with_config(session_config)
             .with_runtime_env(runtime)
@@ -151,6 +154,7 @@ impl Engine {
             .with_query_planner(Arc::new(crate::asof::AsofQueryPlanner))
             .with_optimizer_rules(optimizer_rules())
             .with_physical_optimizer_rule(Arc::new(crate::asof::KeepCopartitioned))
+            .with_physical_optimizer_rule(Arc::new(crate::export::CountExported(exported.clone())))
             .with_analyzer_rule(Arc::new(sql::checked::CheckedArithmetic::new()))
             .build();
         let ctx = SessionContext::new_with_state(state);
@@ -205,6 +209,7 @@ impl Engine {
                 empty_relations,
                 latest,
                 pipelines,
+                exported,
                 me: weak.clone(),
             }
         });
@@ -301,6 +306,11 @@ impl Engine {
         plan.clone()
             .replace_params_with_values(&datafusion::common::ParamValues::List(values))
             .map_err(KfsqlError::from_datafusion)
+    }
+
+    /// Rows `COPY … TO 'file'` statements have written so far (all of them, since the engine started).
+    pub fn rows_exported(&self) -> u64 {
+        self.inner.exported.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Bytes reserved in the statement memory pool now.

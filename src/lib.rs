@@ -12,6 +12,7 @@ pub mod codec;
 pub mod demo;
 pub mod engine;
 pub mod error;
+pub mod export;
 pub mod kafka;
 pub mod latest;
 pub mod memory;

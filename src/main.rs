@@ -286,8 +286,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 );
                 bar.set_message("running");
                 bar.enable_steady_tick(Duration::from_millis(120));
-                let (ticker, factory) = (bar.clone(), engine.factory().clone());
+                let (ticker, factory, exporter) = (bar.clone(), engine.factory().clone(), engine.clone());
                 let (start_messages, start_bytes) = factory.read_totals();
+                let start_exported = exporter.rows_exported();
                 let started = std::time::Instant::now();
                 tokio::spawn(async move {
                     while !ticker.is_finished() {
@@ -295,8 +296,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                         let (messages, bytes) = factory.read_totals();
                         let n = messages - start_messages.min(messages);
                         let rate = n as f64 / started.elapsed().as_secs_f64().max(0.001);
+                        let written = exporter.rows_exported().saturating_sub(start_exported);
+                        let written = if written > 0 { format!(", {written} rows written") } else { String::new() };
                         ticker.set_message(format!(
-                            "running: {n} Kafka messages read ({:.0} k/s, {} MiB)",
+                            "running: {n} Kafka messages read ({:.0} k/s, {} MiB){written}",
                             rate / 1000.0,
                             bytes.saturating_sub(start_bytes) >> 20
                         ));

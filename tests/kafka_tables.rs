@@ -397,3 +397,65 @@ async fn the_embedded_demo_keeps_everything_it_writes() {
     .await;
     assert_eq!(from_topic, from_query, "labels with features");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_to_parquet_counts_the_rows_it_writes() {
+    let cluster = cluster();
+    let topic_name = unique("txns");
+    topic(&cluster, &topic_name, 3).await;
+    let end = Utc.with_ymd_and_hms(2026, 11, 20, 12, 0, 0).single().expect("time");
+    let txns = demo::generate(1500, 40, Duration::from_secs(3600), end, 11);
+    demo::produce_transactions(cluster.producer(), &topic_name, &txns).await.expect("produce");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = kfsql::EngineConfig {
+        catalog_topic: unique("catalog"),
+        export_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    let engine = kfsql::Engine::start(cluster.clone(), config).await.expect("engine");
+    engine.query(&create_table_sql("tx", &topic_name, "")).await.expect("create");
+    assert_eq!(engine.rows_exported(), 0);
+    let out = engine.query("COPY (SELECT * FROM tx WHERE amount > 50) TO 'big.parquet'").await.expect("copy");
+    let want: usize = txns.iter().filter(|t| t.amount > 50.0).count();
+    assert_eq!(out[0].2, format!("COPY {want}"));
+    assert_eq!(engine.rows_exported(), want as u64, "the progress counter counts exactly the rows written");
+    engine.query("COPY (SELECT txn_id FROM tx) TO 'ids.parquet'").await.expect("copy");
+    assert_eq!(engine.rows_exported(), (want + txns.len()) as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_splits_into_one_independent_partition_per_kafka_partition() {
+    use futures::TryStreamExt;
+    let (_c, engine, _t, txns) = fraud_table(4, 1200).await;
+    let read = |sql: &'static str| {
+        let engine = engine.clone();
+        async move {
+            let stmt = engine.parse(sql).expect("parse").remove(0);
+            let plan = engine.plan(stmt).await.expect("plan");
+            let planned = engine.plan_partitioned(plan, None).await.expect("partitioned");
+            let mut parts = Vec::new();
+            // read the partitions last to first: each must stand on its own
+            for p in (0..planned.partitions()).rev() {
+                let rows = engine.execute_partition(&planned, p, None).await.expect("execute");
+                let batches: Vec<_> = rows.try_collect().await.expect("rows");
+                parts.push(common::to_text(&batches));
+            }
+            parts
+        }
+    };
+    let parts = read("SELECT txn_id, _partition FROM tx WHERE amount >= 0").await;
+    assert_eq!(parts.len(), 4, "one partition per Kafka partition");
+    for p in &parts {
+        let kafka: std::collections::BTreeSet<_> = p.iter().map(|r| r[1].clone()).collect();
+        assert!(kafka.len() <= 1, "a partition holds one Kafka partition: {kafka:?}");
+    }
+    let mut all: Vec<String> = parts.iter().flatten().map(|r| r[0].clone()).collect();
+    all.sort();
+    let mut want: Vec<String> = txns.iter().map(|t| t.txn_id.clone()).collect();
+    want.sort();
+    assert_eq!(all, want);
+    // an aggregate shuffles between partitions: one partition, the whole answer
+    let parts = read("SELECT user_id, count(*) FROM tx GROUP BY user_id").await;
+    assert_eq!(parts.len(), 1);
+    assert_eq!(parts[0].iter().map(|r| r[1].parse::<usize>().expect("n")).sum::<usize>(), txns.len());
+}

@@ -104,7 +104,7 @@ impl datafusion::physical_optimizer::PhysicalOptimizerRule for KeepCopartitioned
             if stripped.iter().zip(&children).all(|(s, c)| Arc::ptr_eq(s, c)) {
                 return Ok(Transformed::no(node));
             }
-            let candidate = node.clone().with_new_children(stripped)?;
+            let candidate = datafusion::physical_plan::execution_plan::replace_children_if_necessary(node.clone(), stripped)?;
             match candidate.as_ref().downcast_ref::<super::AsofJoinExec>() {
                 Some(j) if j.is_partition_wise() => Ok(Transformed::yes(candidate)),
                 _ => Ok(Transformed::no(node)),
@@ -143,7 +143,7 @@ fn without_round_robin(plan: &Arc<dyn ExecutionPlan>) -> datafusion::error::Resu
         if Arc::ptr_eq(&stripped, &child) {
             return Ok(plan.clone());
         }
-        return plan.clone().with_new_children(vec![stripped]);
+        return datafusion::physical_plan::execution_plan::replace_children_if_necessary(plan.clone(), vec![stripped]);
     }
     Ok(plan.clone())
 }

@@ -100,12 +100,12 @@ struct RightIndex {
 }
 
 impl AsofJoinExec {
-    #[allow(clippy::too_many_arguments)]
     /// Whether the join runs Kafka partition by Kafka partition (its sides are co-partitioned by the key).
     pub fn is_partition_wise(&self) -> bool {
         self.pairs.is_some()
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn try_new(
         left: Arc<dyn ExecutionPlan>,
         right: Arc<dyn ExecutionPlan>,

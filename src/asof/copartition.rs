@@ -100,11 +100,13 @@ impl datafusion::physical_optimizer::PhysicalOptimizerRule for KeepCopartitioned
                 return Ok(Transformed::no(node));
             }
             let children: Vec<Arc<dyn ExecutionPlan>> = node.children().into_iter().cloned().collect();
-            let stripped = children.iter().map(|c| without_round_robin(c)).collect::<datafusion::error::Result<Vec<_>>>()?;
+            let stripped =
+                children.iter().map(|c| without_round_robin(c)).collect::<datafusion::error::Result<Vec<_>>>()?;
             if stripped.iter().zip(&children).all(|(s, c)| Arc::ptr_eq(s, c)) {
                 return Ok(Transformed::no(node));
             }
-            let candidate = datafusion::physical_plan::execution_plan::replace_children_if_necessary(node.clone(), stripped)?;
+            let candidate =
+                datafusion::physical_plan::execution_plan::replace_children_if_necessary(node.clone(), stripped)?;
             match candidate.as_ref().downcast_ref::<super::AsofJoinExec>() {
                 Some(j) if j.is_partition_wise() => Ok(Transformed::yes(candidate)),
                 _ => Ok(Transformed::no(node)),

@@ -24,8 +24,8 @@ use arrow_flight::sql::{
     DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
-    Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
-    SchemaAsIpc, Ticket,
+    Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc,
+    Ticket,
 };
 use base64::Engine as _;
 use bytes::Bytes;
@@ -158,7 +158,10 @@ impl AsyncWrite for Limited {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_flush(cx)
     }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
     fn poll_write_vectored(
@@ -263,7 +266,8 @@ fn read_ticket(handle: &[u8]) -> Result<(u64, usize), Status> {
 }
 
 fn prepared_handle(bytes: &[u8]) -> Result<u64, Status> {
-    let b: [u8; 8] = bytes.try_into().map_err(|_| Status::invalid_argument("not a prepared statement of this server"))?;
+    let b: [u8; 8] =
+        bytes.try_into().map_err(|_| Status::invalid_argument("not a prepared statement of this server"))?;
     Ok(u64::from_be_bytes(b))
 }
 
@@ -285,7 +289,11 @@ fn one_batch(batch: Result<RecordBatch, FlightError>) -> Result<FlightStream, St
     Ok(Box::pin(stream))
 }
 
-fn info_for(schema: &Schema, descriptor: FlightDescriptor, tickets: impl IntoIterator<Item = Ticket>) -> Result<FlightInfo, Status> {
+fn info_for(
+    schema: &Schema,
+    descriptor: FlightDescriptor,
+    tickets: impl IntoIterator<Item = Ticket>,
+) -> Result<FlightInfo, Status> {
     let mut info = FlightInfo::new()
         .try_with_schema(schema)
         .map_err(|e| Status::internal(format!("encoding a schema: {e}")))?
@@ -336,11 +344,9 @@ impl KfsqlFlight {
         let Some(users) = &self.users else {
             return Ok(Login { user: "kfsql".into(), read_only: false });
         };
-        let header = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Status::unauthenticated("authentication required: handshake with basic credentials first"))?;
+        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok()).ok_or_else(|| {
+            Status::unauthenticated("authentication required: handshake with basic credentials first")
+        })?;
         if let Some(token) = header.strip_prefix("Bearer ") {
             let mut tokens = lock(&self.tokens);
             return match tokens.get(token) {
@@ -412,7 +418,12 @@ impl KfsqlFlight {
     }
 
     /// A planned query as a result of one endpoint per independent partition.
-    async fn plan_info(&self, login: &Login, plan: LogicalPlan, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
+    async fn plan_info(
+        &self,
+        login: &Login,
+        plan: LogicalPlan,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, Status> {
         let planned = self.engine.plan_partitioned(plan, None).await.map_err(status)?;
         for n in &planned.notices {
             tracing::info!("NOTICE: {n}");
@@ -479,7 +490,9 @@ impl KfsqlFlight {
             .iter()
             .zip(&bound)
             .enumerate()
-            .map(|(i, (t, v))| Arc::new(Field::new(format!("${}", i + 1), t.clone().unwrap_or_else(|| v.data_type()), true)))
+            .map(|(i, (t, v))| {
+                Arc::new(Field::new(format!("${}", i + 1), t.clone().unwrap_or_else(|| v.data_type()), true))
+            })
             .collect();
         let fields = if fields.len() == bound.len() { fields } else { Vec::new() };
         let values = bound.into_iter().map(|v| Expr::Literal(v, None)).collect();
@@ -492,7 +505,8 @@ impl KfsqlFlight {
         match out.take_notices().1 {
             Output::Command { rows, .. } => Ok(rows.map_or(0, |n| n as i64)),
             Output::Rows(rows) => {
-                let batches: Vec<RecordBatch> = rows.try_collect().await.map_err(|e| status(KfsqlError::from_datafusion(e)))?;
+                let batches: Vec<RecordBatch> =
+                    rows.try_collect().await.map_err(|e| status(KfsqlError::from_datafusion(e)))?;
                 Ok(batches.iter().map(|b| b.num_rows() as i64).sum())
             }
             Output::Noticed { .. } => Ok(0),
@@ -512,11 +526,10 @@ fn basic_credentials(header: &str) -> Result<(String, String), Status> {
         base64::engine::GeneralPurposeConfig::new()
             .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
     );
-    let decoded = EITHER
-        .decode(encoded.trim())
-        .map_err(|_| Status::unauthenticated("malformed basic credentials"))?;
+    let decoded = EITHER.decode(encoded.trim()).map_err(|_| Status::unauthenticated("malformed basic credentials"))?;
     let text = String::from_utf8(decoded).map_err(|_| Status::unauthenticated("malformed basic credentials"))?;
-    let (user, password) = text.split_once(':').ok_or_else(|| Status::unauthenticated("malformed basic credentials"))?;
+    let (user, password) =
+        text.split_once(':').ok_or_else(|| Status::unauthenticated("malformed basic credentials"))?;
     Ok((user.to_string(), password.to_string()))
 }
 
@@ -591,9 +604,9 @@ impl FlightSqlService for KfsqlFlight {
                     .ok_or_else(|| Status::unauthenticated("basic credentials required"))?;
                 let (user, password) = basic_credentials(header)?;
                 let users = self.users.as_ref().ok_or_else(|| Status::internal("no users"))?;
-                let read_only = users
-                    .verify(&user, &password)
-                    .ok_or_else(|| Status::unauthenticated(format!("password authentication failed for user \"{user}\"")))?;
+                let read_only = users.verify(&user, &password).ok_or_else(|| {
+                    Status::unauthenticated(format!("password authentication failed for user \"{user}\""))
+                })?;
                 Login { user, read_only }
             }
         };
@@ -666,7 +679,12 @@ impl FlightSqlService for KfsqlFlight {
             Body::Empty => {
                 lock(&self.results).remove(&handle);
                 let schema = Arc::new(Schema::empty());
-                Box::pin(FlightDataEncoderBuilder::new().with_schema(schema).build(futures::stream::empty()).map_err(Status::from))
+                Box::pin(
+                    FlightDataEncoderBuilder::new()
+                        .with_schema(schema)
+                        .build(futures::stream::empty())
+                        .map_err(Status::from),
+                )
             }
         };
         Ok(Response::new(stream))

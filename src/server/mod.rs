@@ -4,12 +4,12 @@
 //! is its own task, and a client that disconnects drops its query's stream, which stops the Kafka readers.
 
 pub mod auth;
-pub mod flight;
 mod cancel;
 mod coalesce;
 mod copy_out;
 mod cursor;
 mod error;
+pub mod flight;
 pub mod metrics;
 mod prepared;
 pub mod session;

@@ -76,6 +76,8 @@ pub enum SessionCommand {
 pub struct CopyOut {
     pub query: Box<Query>,
     pub csv: bool,
+    /// PostgreSQL's binary COPY format (psycopg 3's `copy.read_row()` with binary types, pg_dump-style loaders).
+    pub binary: bool,
     pub header: bool,
     pub delimiter: Option<char>,
     pub null: Option<String>,
@@ -206,13 +208,16 @@ impl CopyOut {
         options: &[CopyOption],
         legacy: &[CopyLegacyOption],
     ) -> std::result::Result<Self, String> {
-        let mut out = CopyOut { query, csv: false, header: false, delimiter: None, null: None };
+        let mut out = CopyOut { query, csv: false, binary: false, header: false, delimiter: None, null: None };
         for o in options {
             match o {
                 CopyOption::Format(f) => match f.value.to_ascii_lowercase().as_str() {
-                    "csv" => out.csv = true,
-                    "text" => out.csv = false,
-                    other => return Err(format!("COPY TO STDOUT: format {other} is not supported (text, csv)")),
+                    "csv" => (out.csv, out.binary) = (true, false),
+                    "text" => (out.csv, out.binary) = (false, false),
+                    "binary" => (out.csv, out.binary) = (false, true),
+                    other => {
+                        return Err(format!("COPY TO STDOUT: format {other} is not supported (text, csv, binary)"));
+                    }
                 },
                 CopyOption::Header(h) => out.header = *h,
                 CopyOption::Delimiter(c) => out.delimiter = Some(*c),
@@ -223,10 +228,14 @@ impl CopyOut {
         for o in legacy {
             match o {
                 CopyLegacyOption::Csv(_) => out.csv = true,
+                CopyLegacyOption::Binary => out.binary = true,
                 CopyLegacyOption::Delimiter(c) => out.delimiter = Some(*c),
                 CopyLegacyOption::Null(s) => out.null = Some(s.clone()),
                 other => return Err(format!("COPY TO STDOUT: option {other} is not supported")),
             }
+        }
+        if out.binary && (out.csv || out.header || out.delimiter.is_some() || out.null.is_some()) {
+            return Err("COPY TO STDOUT: FORMAT binary takes no CSV, HEADER, DELIMITER or NULL options".into());
         }
         Ok(out)
     }
@@ -403,6 +412,10 @@ mod tests {
         assert!(matches!(cmd("DEALLOCATE ALL"), Command::Deallocate(None)));
         assert!(matches!(cmd("DEALLOCATE \"all\""), Command::Deallocate(Some(n)) if n == "all"));
         let err = Command::classify(parse("COPY (SELECT 1) TO STDOUT WITH (FORMAT parquet)"));
+        assert_eq!(err.map_err(|e| e.sqlstate()).err(), Some("0A000"));
+        assert!(matches!(cmd("COPY (SELECT 1) TO STDOUT (FORMAT binary)"), Command::CopyOut(c) if c.binary && !c.csv));
+        assert!(matches!(cmd("COPY (SELECT 1) TO STDOUT BINARY"), Command::CopyOut(c) if c.binary));
+        let err = Command::classify(parse("COPY (SELECT 1) TO STDOUT (FORMAT binary, HEADER)"));
         assert_eq!(err.map_err(|e| e.sqlstate()).err(), Some("0A000"));
         assert!(cmd("SELECT 1").query_to_plan().is_some());
         assert!(cmd("DECLARE c CURSOR FOR SELECT 1").query_to_plan().is_some());

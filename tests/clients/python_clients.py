@@ -81,6 +81,24 @@ def psycopg3_copy_out():
         return got == want and len(got) > 0, csv.splitlines()[0], len(csv.splitlines()) == len(want) + 1
 
 
+def psycopg3_binary_copy():
+    """FORMAT binary, read with psycopg 3's binary loaders: every type of the fraud tables, NULLs, no rows."""
+    sql = ("SELECT t.txn_id, t.amount, t.event_time, t._partition, t._offset, l.is_fraud, t.merchant "
+           "FROM transactions t JOIN labels l ON l.txn_id = t.txn_id ORDER BY t.txn_id")
+    types = ["text", "float8", "timestamp", "int4", "int8", "bool", "text"]
+    with psycopg.connect(dsn) as c:
+        with c.cursor(binary=True) as cur:
+            want = cur.execute(sql).fetchall()
+        cur = c.cursor()
+        with cur.copy(f"COPY ({sql}) TO STDOUT (FORMAT BINARY)") as copy:
+            copy.set_types(types)
+            got = list(copy.rows())
+        with cur.copy(f"COPY ({sql} LIMIT 0) TO STDOUT (FORMAT BINARY)") as copy:
+            copy.set_types(types)
+            empty = list(copy.rows())
+        return len(got) == expected, got == want, empty
+
+
 def psycopg2_query():
     c = psycopg2.connect(dsn)
     cur = c.cursor()
@@ -128,6 +146,8 @@ run("psycopg 3: count, text parameters, typed results", psycopg3_text, (expected
 run("psycopg 3: binary parameters and results equal text ones", psycopg3_binary, True)
 run("psycopg 3: nested transactions (savepoints)", psycopg3_transaction, (1, "IDLE"))
 run("psycopg 3: COPY (query) TO STDOUT, text and CSV with header", psycopg3_copy_out, (True, "txn_id,amount", True))
+run("psycopg 3: COPY (query) TO STDOUT (FORMAT BINARY), every row as the binary cursor reads it, and no rows",
+    psycopg3_binary_copy, (True, True, []))
 run("psycopg2: client-side parameters", psycopg2_query, (True, expected))
 run("psycopg 3: server-side cursor (DECLARE, Describe of its portal, FETCH)", psycopg3_server_cursor,
     (["txn_id", "amount"], True))

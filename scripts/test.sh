@@ -120,7 +120,7 @@ BROKERS=$(scripts/kafka.sh start "$WORK/kafka")
 echo "Apache Kafka on $BROKERS"
 KFSQL_TEST_BROKERS="$BROKERS" KFSQL_REQUIRE_BROKER=1 KFSQL_OWN_KAFKA=1 \
   cargo test --test kafka_tables --test slt --test server --test asof --test latest --test pipeline --test cluster \
-  --test streams
+  --test streams --test flight
 scripts/kafka.sh stop "$WORK/kafka"
 fi
 

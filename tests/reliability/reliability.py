@@ -333,7 +333,8 @@ def mixed(seconds, clients=100):
         deadline = time.time() + 120
         for _ in range(clients):
             if not parked.acquire(timeout=max(0.0, deadline - time.time())):
-                errors.append("a worker did not park within 120 s")
+                with lock:
+                    errors.append("a worker did not park within 120 s")
                 break
         return settled_rss()
 

@@ -688,6 +688,11 @@ impl EngineInner {
         // a CREATE and the catalog follower may register the same table at once: one after the other
         let _one_at_a_time = self.registering.lock().unwrap_or_else(|p| p.into_inner());
         let def = table.definition().clone();
+        // The loser of that race must not replace the table: between its deregister and register the name would be
+        // missing for a query that the winner (say a CREATE that has already returned) let run.
+        if self.defs.read().unwrap_or_else(|p| p.into_inner()).get(&def.name) == Some(&def) {
+            return Ok(());
+        }
         let name = public(&def.name);
         self.ctx.deregister_table(name.clone())?;
         self.latest.sync(&table)?;

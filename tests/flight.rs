@@ -36,7 +36,10 @@ async fn client(addr: std::net::SocketAddr, user: &str, password: &str) -> Fligh
     c
 }
 
-async fn read(c: &mut FlightSqlServiceClient<Channel>, ticket: arrow_flight::Ticket) -> Result<Vec<RecordBatch>, String> {
+async fn read(
+    c: &mut FlightSqlServiceClient<Channel>,
+    ticket: arrow_flight::Ticket,
+) -> Result<Vec<RecordBatch>, String> {
     match c.do_get(ticket).await {
         Ok(stream) => stream.try_collect().await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
@@ -82,7 +85,8 @@ async fn endpoints_per_partition_read_once_by_their_user() {
 async fn prepared_statements_bind_parameters() {
     let (addr, _) = server(None).await;
     let mut alice = client(addr, "alice", "pw").await;
-    let mut prepared = alice.prepare("SELECT count(*) AS n FROM tx WHERE amount > $1".into(), None).await.expect("prepare");
+    let mut prepared =
+        alice.prepare("SELECT count(*) AS n FROM tx WHERE amount > $1".into(), None).await.expect("prepare");
     let schema = prepared.parameter_schema().expect("parameter schema").clone();
     assert_eq!(schema.fields().len(), 1);
     let mut counts = Vec::new();

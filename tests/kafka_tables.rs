@@ -237,6 +237,30 @@ async fn catalog_topic_is_shared_and_survives_restarts() {
     assert_eq!(c.query(&create_table_sql("later_tx", &t, "")).await.expect_err("dup").sqlstate(), "42P07");
 }
 
+/// CREATE registers the table itself and the catalog follower then sees the same record: that second registration must
+/// leave the table in place, so a query issued right after CREATE returned never finds the name missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_table_stays_visible_while_the_catalog_follower_catches_up() {
+    let cluster = cluster();
+    let t = unique("visible");
+    topic(&cluster, &t, 1).await;
+    let engine = engine(&cluster, &unique("catalog")).await;
+    for i in 0..30 {
+        let name = format!("visible_{i}");
+        engine.query(&create_table_sql(&name, &t, "")).await.expect("create");
+        // the follower is waiting on the topic and applies the record within milliseconds: query without pause
+        let until = Instant::now() + Duration::from_millis(250);
+        let mut queries = 0;
+        while Instant::now() < until {
+            if let Err(e) = engine.query(&format!("SELECT count(*) FROM {name}")).await {
+                panic!("query {queries} after CREATE {name}: {e}");
+            }
+            queries += 1;
+        }
+        assert!(queries > 0);
+    }
+}
+
 async fn wait_until(f: impl Fn() -> bool) {
     let start = Instant::now();
     while !f() {

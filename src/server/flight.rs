@@ -273,9 +273,13 @@ fn prepared_handle(bytes: &[u8]) -> Result<u64, Status> {
 
 type FlightStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
 
+/// Rows per Flight data message, at least (smaller batches are merged; see [`crate::export::coalesced`]).
+const FLIGHT_BATCH_ROWS: usize = 8192;
+
 /// Rows as Flight data messages.
 fn flight_stream(schema: SchemaRef, rows: SendableRecordBatchStream) -> FlightStream {
-    let rows = rows.map_err(|e| FlightError::Tonic(Box::new(status(KfsqlError::from_datafusion(e)))));
+    let rows = crate::export::coalesced(rows, FLIGHT_BATCH_ROWS)
+        .map_err(|e| FlightError::Tonic(Box::new(status(KfsqlError::from_datafusion(e)))));
     Box::pin(FlightDataEncoderBuilder::new().with_schema(schema).build(rows).map_err(Status::from))
 }
 

@@ -81,6 +81,37 @@ async fn endpoints_per_partition_read_once_by_their_user() {
     assert!(err.to_string().contains("password authentication failed"), "{err}");
 }
 
+/// A cross join whose probe side is a 10-row series emits one 10-row batch per row of the table; sent as they come,
+/// each would be one IPC message. They arrive merged into full batches, every row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_batches_arrive_merged() {
+    let (addr, total) = server(None).await;
+    let mut alice = client(addr, "alice", "pw").await;
+    let sql = "SELECT t.txn_id, g.copy_no FROM tx t CROSS JOIN (SELECT unnest(range(0, 10)) AS copy_no) g";
+    let info = alice.execute(sql.into(), None).await.expect("execute");
+    let mut batches = Vec::new();
+    for e in &info.endpoint {
+        batches.extend(read(&mut alice, e.ticket.clone().expect("ticket")).await.expect("read"));
+    }
+    assert_eq!(rows(&batches), total * 10);
+    // at most one partly filled batch per endpoint beyond the full ones
+    let most = (total * 10).div_ceil(8192) + info.endpoint.len();
+    assert!(batches.len() <= most, "{} batches for {} rows (at most {most})", batches.len(), total * 10);
+    let mut pairs: Vec<(String, i64)> = batches
+        .iter()
+        .flat_map(|b| {
+            let ids = datafusion::arrow::compute::cast(b.column(0), &datafusion::arrow::datatypes::DataType::Utf8)
+                .expect("ids as text");
+            let ids = ids.as_any().downcast_ref::<datafusion::arrow::array::StringArray>().expect("ids");
+            let nos = b.column(1).as_any().downcast_ref::<Int64Array>().expect("copy_no");
+            (0..b.num_rows()).map(|i| (ids.value(i).to_string(), nos.value(i))).collect::<Vec<_>>()
+        })
+        .collect();
+    pairs.sort();
+    pairs.dedup();
+    assert_eq!(pairs.len(), total * 10, "every (row, copy) exactly once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_statements_bind_parameters() {
     let (addr, _) = server(None).await;

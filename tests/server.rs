@@ -663,3 +663,55 @@ async fn protocol_statements_are_bounded_per_connection() {
     let n: i64 = client.query_one(&s, &[]).await.expect("runs").get(0);
     assert_eq!(n, 1025);
 }
+
+/// A frontend message: type byte, length, body.
+fn frontend(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// As in PostgreSQL, the answers to Parse, Bind, Describe and Execute are written at the next Sync (or Flush), all in
+/// one go: sent without a Sync, nothing comes back; after it, every answer in order. (pgwire flushed after each
+/// Describe: pgbench's Bind, Describe, Execute, Sync cost two writes and two client wake-ups per lookup.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_answers_wait_for_sync() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = demo_server(200).await;
+    let mut raw = raw_session(addr).await;
+    let mut parse = b"s1\0SELECT count(*) AS n FROM tx WHERE amount > $1\0".to_vec();
+    parse.extend_from_slice(&0u16.to_be_bytes());
+    let mut bind = b"\0s1\0".to_vec();
+    bind.extend_from_slice(&0u16.to_be_bytes()); // parameter formats: text
+    bind.extend_from_slice(&1u16.to_be_bytes());
+    bind.extend_from_slice(&1u32.to_be_bytes());
+    bind.extend_from_slice(b"0");
+    bind.extend_from_slice(&0u16.to_be_bytes()); // result formats: text
+    let mut batch = frontend(b'P', &parse);
+    batch.extend(frontend(b'D', b"Ss1\0"));
+    batch.extend(frontend(b'B', &bind));
+    batch.extend(frontend(b'D', b"P\0"));
+    batch.extend(frontend(b'E', &[0, 0, 0, 0, 0]));
+    raw.write_all(&batch).await.expect("send");
+    let mut buf = vec![0u8; 8192];
+    match tokio::time::timeout(Duration::from_millis(500), raw.read(&mut buf)).await {
+        Err(_) => {}
+        Ok(r) => panic!(
+            "answered before Sync: {:?}",
+            r.map(|n| backend_messages(&buf[..n]).iter().map(|m| m.0 as char).collect::<String>())
+        ),
+    }
+    raw.write_all(&frontend(b'S', b"")).await.expect("sync");
+    let mut seen = Vec::new();
+    while !backend_messages(&seen).iter().any(|(t, _)| *t == b'Z') {
+        let n = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf)).await.expect("answer").expect("read");
+        assert!(n > 0, "closed");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let kinds: String = backend_messages(&seen).iter().map(|(t, _)| *t as char).collect();
+    assert_eq!(
+        kinds, "1tT2TDCZ",
+        "ParseComplete, ParameterDescription, RowDescription, BindComplete, RowDescription, DataRow, CommandComplete, ReadyForQuery"
+    );
+}

@@ -766,6 +766,22 @@ impl ExtendedQueryHandler for Handlers {
         coalesce::bind(client, message).await
     }
 
+    /// `ParameterDescription` / `RowDescription` / `NoData` wait for the `Sync` flush too, as in PostgreSQL (pgwire
+    /// flushed them at once: pgbench's `Bind, Describe, Execute, Sync` cost two writes per lookup).
+    async fn on_describe<C>(
+        &self,
+        client: &mut C,
+        message: pgwire::messages::extendedquery::Describe,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self._on_describe(&mut coalesce::Coalesced(client), message).await
+    }
+
     /// The rows and `CommandComplete` wait for the `Sync` flush (see [`coalesce`]).
     async fn on_execute<C>(&self, client: &mut C, message: pgwire::messages::extendedquery::Execute) -> PgWireResult<()>
     where

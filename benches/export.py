@@ -13,7 +13,6 @@ Prints rows/s per client, the ratios the issue asks for, and the peak RSS of kfs
 """
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,8 @@ import pandas as pd
 import psycopg
 import pyarrow as pa
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness import ROOT, free_port, start_kafka, stop_kafka, wait_port
+
 TRAINING_SET = """
 SELECT l.txn_id, l.is_fraud, t.amount, t.country, t.merchant, t.event_time, l.user_id,
        f.window_end AS features_as_of, f.txn_count_1h, f.amount_sum_1h, f.amount_avg_1h, f.amount_max_1h,
@@ -37,27 +37,6 @@ JOIN transactions t ON t.txn_id = l.txn_id
 ASOF JOIN user_txn_features f MATCH_CONDITION (l.event_time >= f.window_end) ON l.user_id = f.user_id
 ASOF JOIN user_daily_spend d MATCH_CONDITION (l.event_time >= d.day_end) ON l.user_id = d.user_id
 """
-
-
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_port(port, seconds=120):
-    import socket
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    sys.exit(f"nothing listens on {port}")
 
 
 def rss_kib(pid):
@@ -89,8 +68,7 @@ def main():
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="kfsql-export-bench.")
-    brokers = subprocess.run([f"{ROOT}/scripts/kafka.sh", "start", f"{work}/kafka"], check=True,
-                             capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    brokers = start_kafka(f"{work}/kafka")
     pg_port, flight_port = free_port(), free_port()
     log = open(f"{work}/kfsql.log", "w")
     server = subprocess.Popen(
@@ -103,7 +81,7 @@ def main():
     finally:
         server.terminate()
         server.wait()
-        subprocess.run([f"{ROOT}/scripts/kafka.sh", "stop", f"{work}/kafka"], capture_output=True)
+        stop_kafka(f"{work}/kafka")
 
 
 def run(args, work, server, pg_port, flight_port):

@@ -17,8 +17,6 @@ import glob
 import os
 import re
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,27 +24,9 @@ import time
 
 import psycopg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness import ROOT, free_port, start_kafka, stop_kafka, wait_port
+
 COLUMNS = "v1 DOUBLE PRECISION, v2 BIGINT, name VARCHAR, ts TIMESTAMP"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_port(port, seconds=120):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    sys.exit(f"nothing listens on {port}")
 
 
 def pg_bin():
@@ -125,8 +105,7 @@ def main():
     bindir = pg_bin()
     work = tempfile.mkdtemp(prefix="kfsql-pgbench.")
     os.chmod(work, 0o755)
-    brokers = subprocess.run([f"{ROOT}/scripts/kafka.sh", "start", f"{work}/kafka"], check=True,
-                             capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    brokers = start_kafka(f"{work}/kafka")
     kport, pport = free_port(), free_port()
     log = open(f"{work}/kfsql.log", "w")
     server = subprocess.Popen(
@@ -145,7 +124,7 @@ def main():
     finally:
         server.terminate()
         server.wait()
-        subprocess.run([f"{ROOT}/scripts/kafka.sh", "stop", f"{work}/kafka"], capture_output=True)
+        stop_kafka(f"{work}/kafka")
         if os.path.exists(f"{data}/postmaster.pid"):
             as_postgres([f"{bindir}/pg_ctl", "-D", data, "-m", "fast", "stop"], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)

@@ -137,8 +137,8 @@ impl PhysicalOptimizerRule for CountExported {
 /// `rows` with small batches merged up to `target_rows` rows; a batch of half that or more passes through uncopied.
 pub fn coalesced(rows: SendableRecordBatchStream, target_rows: usize) -> SendableRecordBatchStream {
     let schema = rows.schema();
-    let coalescer = BatchCoalescer::new(schema.clone(), target_rows.max(1))
-        .with_biggest_coalesce_batch_size(Some(target_rows.max(1) / 2));
+    let target = target_rows.max(1);
+    let coalescer = BatchCoalescer::new(schema.clone(), target).with_biggest_coalesce_batch_size(Some(target / 2));
     let batches =
         futures::stream::try_unfold((rows, coalescer, false), |(mut rows, mut coalescer, mut done)| async move {
             loop {

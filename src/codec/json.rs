@@ -29,11 +29,20 @@ pub struct JsonDecoder {
     time_range: Option<(usize, i64, i64)>,
 }
 
-/// Idle arrow-json decoders for batches of up to [`POOLED_BATCH`] payloads.
+/// Idle arrow-json decoders, kept with the buffers they grew: small ones for batches of up to [`POOLED_BATCH`]
+/// payloads (a point lookup decodes a handful of stored values per call), and up to [`POOLED_SCANS`] for a scan's
+/// batches of up to [`SCAN_BATCH`] (a fresh decoder grows its tape by reallocation on every batch).
 #[derive(Default)]
-struct DecoderPool(std::sync::Mutex<Vec<arrow_json::reader::Decoder>>);
+struct DecoderPool {
+    small: std::sync::Mutex<Vec<arrow_json::reader::Decoder>>,
+    large: std::sync::Mutex<Vec<arrow_json::reader::Decoder>>,
+}
 
 const POOLED_BATCH: usize = 64;
+/// The largest batch a pooled scan decoder takes (a scan's batches are at most this: see `table::scan`).
+pub const SCAN_BATCH: usize = 8192;
+/// Scan decoders kept per table (one per partition read at once on a small machine; each holds a few MiB).
+const POOLED_SCANS: usize = 4;
 
 impl std::fmt::Debug for DecoderPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -217,14 +226,15 @@ impl JsonDecoder {
     /// Decode every payload into one batch; None when any of them is not exactly one valid object.
     fn try_decode_all<'a>(&self, payloads: impl ExactSizeIterator<Item = &'a [u8]>) -> Option<RecordBatch> {
         let n = payloads.len();
-        let pooled = n <= POOLED_BATCH;
-        let idle = if pooled { self.pool.0.lock().unwrap_or_else(|p| p.into_inner()).pop() } else { None };
+        let (pool, size, keep) = match n {
+            ..=POOLED_BATCH => (Some(&self.pool.small), POOLED_BATCH, 64),
+            ..=SCAN_BATCH => (Some(&self.pool.large), SCAN_BATCH, POOLED_SCANS),
+            _ => (None, n, 0),
+        };
+        let idle = pool.and_then(|p| p.lock().unwrap_or_else(|p| p.into_inner()).pop());
         let mut decoder = match idle {
             Some(d) => d,
-            None => ReaderBuilder::new(self.decode_schema.clone())
-                .with_batch_size(if pooled { POOLED_BATCH } else { n.max(1) })
-                .build_decoder()
-                .ok()?,
+            None => ReaderBuilder::new(self.decode_schema.clone()).with_batch_size(size).build_decoder().ok()?,
         };
         let mut rows = 0usize;
         for p in payloads {
@@ -240,9 +250,9 @@ impl JsonDecoder {
             _ => return None,
         };
         // only a decoder that finished cleanly is clean enough to reuse
-        if pooled {
-            let mut idle = self.pool.0.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < 64 {
+        if let Some(pool) = pool {
+            let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < keep {
                 idle.push(decoder);
             }
         }

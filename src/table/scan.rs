@@ -36,6 +36,8 @@ use crate::table::stats::TableStats;
 
 /// Messages decoded per Arrow batch.
 pub const BATCH_SIZE: usize = 8192;
+// the JSON decoder keeps its decoders for batches up to this size
+const _: () = assert!(BATCH_SIZE <= crate::codec::json::SCAN_BATCH);
 
 /// The offsets `[start, end)` of one partition that a scan reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +71,17 @@ pub struct ScanSpec {
     pub pushdown: String,
     /// Partitions read from a log start above 0 that the query did not ask for: `(partition, log start)`.
     pub truncated: Vec<(i32, i64)>,
+}
+
+/// The metadata columns, in the order they follow the payload columns.
+const META_KEY: usize = 3;
+
+impl ScanSpec {
+    /// Whether the output holds metadata column `m` (0 `_partition`, 1 `_offset`, 2 `_timestamp`, 3 `_key`): the
+    /// reader only gathers what some column needs.
+    fn wants_meta(&self, m: usize) -> bool {
+        self.projection.as_ref().is_none_or(|p| p.contains(&(self.payload_columns + m)))
+    }
 }
 
 /// How a scan's output partitions hold keys (see [`KafkaScanExec::key_partitioning`]).
@@ -250,6 +263,17 @@ struct Pending {
 }
 
 impl Pending {
+    /// Emptied for the next batch, keeping what it allocated (a fresh megabyte per batch is a page fault per 4 KiB).
+    fn clear(&mut self) {
+        self.payload.clear();
+        self.ends.clear();
+        self.offsets.clear();
+        self.timestamps.clear();
+        self.raw_keys.clear();
+    }
+}
+
+impl Pending {
     fn new() -> Self {
         Self {
             payload: Vec::with_capacity(BATCH_SIZE * 128),
@@ -292,6 +316,8 @@ fn read_partition(
         emitted: 0,
         next: range.start,
         last_progress: Instant::now(),
+        progressed: false,
+        want_keys: spec.wants_meta(META_KEY),
     };
     let result = reader.run(tx);
     reader.counts.publish(&spec.stats);
@@ -329,7 +355,13 @@ struct Reader<'a> {
     emitted: usize,
     /// The next offset expected.
     next: i64,
+    /// When the reader last noticed progress: the first empty poll after messages (reading the clock per message
+    /// costs more than the stall timeout's precision is worth).
     last_progress: Instant,
+    /// Messages arrived since `last_progress` was taken.
+    progressed: bool,
+    /// Whether the output has `_key`.
+    want_keys: bool,
 }
 
 impl Reader<'_> {
@@ -342,6 +374,15 @@ impl Reader<'_> {
         }
     }
 
+    /// Whether no message arrived for the stall timeout; called after an empty or failed poll.
+    fn stalled(&mut self) -> bool {
+        if std::mem::take(&mut self.progressed) {
+            self.last_progress = Instant::now();
+            return false;
+        }
+        self.last_progress.elapsed() > self.spec.stall_timeout
+    }
+
     fn run(&mut self, tx: &mpsc::Sender<DfResult<RecordBatch>>) -> Result<(), KfsqlError> {
         let (spec, range) = (self.spec, self.range);
         loop {
@@ -350,7 +391,7 @@ impl Reader<'_> {
             }
             match self.consumer.poll(Duration::from_millis(100)) {
                 None => {
-                    if self.last_progress.elapsed() > spec.stall_timeout {
+                    if self.stalled() {
                         return Err(KfsqlError::Kafka(format!(
                             "no data from {}[{}] for {:?} while reading offsets {}..{} (at {}); is the broker up?",
                             spec.topic, range.partition, spec.stall_timeout, range.start, range.end, self.next
@@ -384,7 +425,7 @@ impl Reader<'_> {
                 // before the stall timeout
                 Some(Err(e)) if crate::kafka::is_transient(&e) => {
                     tracing::debug!("reading {}[{}]: {e} (retrying)", spec.topic, range.partition);
-                    if self.last_progress.elapsed() > spec.stall_timeout {
+                    if self.stalled() {
                         return Err(KfsqlError::Kafka(format!(
                             "reading {}[{}]: {e} for {:?}; is the broker up?",
                             spec.topic, range.partition, spec.stall_timeout
@@ -395,7 +436,7 @@ impl Reader<'_> {
                     return Err(KfsqlError::Kafka(format!("reading {}[{}]: {e}", spec.topic, range.partition)));
                 }
                 Some(Ok(m)) => {
-                    self.last_progress = Instant::now();
+                    self.progressed = true;
                     let offset = m.offset();
                     if offset >= range.end {
                         break;
@@ -421,16 +462,17 @@ impl Reader<'_> {
                     self.pending.ends.push(self.pending.payload.len());
                     self.pending.offsets.push(offset);
                     self.pending.timestamps.push(m.timestamp().to_millis());
-                    match key {
-                        Some(k) => self.pending.keys.append_value(key_format.key_text(k)),
-                        None => self.pending.keys.append_null(),
+                    if self.want_keys {
+                        match key {
+                            Some(k) => self.pending.keys.append_value(key_format.key_text(k)),
+                            None => self.pending.keys.append_null(),
+                        }
                     }
                     if spec.decoder.needs_keys() {
                         self.pending.raw_keys.push(key.map(Into::into));
                     }
                     if self.pending.len() >= BATCH_SIZE {
-                        let batch =
-                            decode(spec, range.partition, std::mem::replace(&mut self.pending, Pending::new()))?;
+                        let batch = decode(spec, range.partition, &mut self.pending)?;
                         self.counts.publish(&spec.stats);
                         self.emitted += batch.num_rows();
                         if tx.blocking_send(Ok(batch)).is_err() {
@@ -441,7 +483,7 @@ impl Reader<'_> {
             }
         }
         if self.pending.len() > 0 && !tx.is_closed() {
-            let batch = decode(spec, range.partition, std::mem::replace(&mut self.pending, Pending::new()))?;
+            let batch = decode(spec, range.partition, &mut self.pending)?;
             let _ = tx.blocking_send(Ok(batch));
         }
         Ok(())
@@ -449,7 +491,14 @@ impl Reader<'_> {
 }
 
 /// Decode one batch of messages and assemble the projected output columns.
-fn decode(spec: &ScanSpec, partition: i32, mut p: Pending) -> Result<RecordBatch, KfsqlError> {
+/// `p` is left empty for the next batch, its buffers kept.
+fn decode(spec: &ScanSpec, partition: i32, p: &mut Pending) -> Result<RecordBatch, KfsqlError> {
+    let batch = assemble(spec, partition, p);
+    p.clear();
+    batch
+}
+
+fn assemble(spec: &ScanSpec, partition: i32, p: &mut Pending) -> Result<RecordBatch, KfsqlError> {
     let mut slices = Vec::with_capacity(p.ends.len());
     let mut start = 0;
     for &end in &p.ends {
@@ -470,28 +519,26 @@ fn decode(spec: &ScanSpec, partition: i32, mut p: Pending) -> Result<RecordBatch
     spec.stats.add_bad(&decoded.bad);
 
     let n = p.offsets.len();
-    let mut meta: Vec<ArrayRef> = vec![
-        Arc::new(Int32Array::from(vec![partition; n])),
-        Arc::new(Int64Array::from(std::mem::take(&mut p.offsets))),
-        Arc::new(TimestampNanosecondArray::from(
-            p.timestamps.iter().map(|t| t.and_then(|ms| ms.checked_mul(1_000_000))).collect::<Vec<_>>(),
-        )),
-        Arc::new(p.keys.finish()),
-    ];
-    if let Some(keep) = &decoded.keep {
-        meta = meta
-            .iter()
-            .map(|a| filter(a.as_ref(), keep))
-            .collect::<Result<_, _>>()
-            .map_err(|e| KfsqlError::Internal(e.to_string()))?;
-    }
-    let rows = decoded.batch.num_rows();
-    let column = |i: usize| -> ArrayRef {
-        if i < spec.payload_columns { decoded.batch.column(i).clone() } else { meta[i - spec.payload_columns].clone() }
+    // only the metadata columns the output holds are built
+    let mut column = |i: usize| -> Result<ArrayRef, KfsqlError> {
+        let Some(m) = i.checked_sub(spec.payload_columns) else { return Ok(decoded.batch.column(i).clone()) };
+        let all: ArrayRef = match m {
+            0 => Arc::new(Int32Array::from(vec![partition; n])),
+            1 => Arc::new(Int64Array::from(p.offsets.clone())),
+            2 => Arc::new(TimestampNanosecondArray::from_iter(
+                p.timestamps.iter().map(|t| t.and_then(|ms| ms.checked_mul(1_000_000))),
+            )),
+            _ => Arc::new(p.keys.finish()),
+        };
+        match &decoded.keep {
+            Some(keep) => filter(all.as_ref(), keep).map_err(|e| KfsqlError::Internal(e.to_string())),
+            None => Ok(all),
+        }
     };
+    let rows = decoded.batch.num_rows();
     let columns: Vec<ArrayRef> = match &spec.projection {
-        Some(p) => p.iter().map(|&i| column(i)).collect(),
-        None => (0..spec.payload_columns + meta.len()).map(column).collect(),
+        Some(p) => p.iter().map(|&i| column(i)).collect::<Result<_, _>>()?,
+        None => (0..=spec.payload_columns + META_KEY).map(column).collect::<Result<_, _>>()?,
     };
     RecordBatch::try_new_with_options(
         spec.projected_schema.clone(),

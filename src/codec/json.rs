@@ -226,10 +226,12 @@ impl JsonDecoder {
     /// Decode every payload into one batch; None when any of them is not exactly one valid object.
     fn try_decode_all<'a>(&self, payloads: impl ExactSizeIterator<Item = &'a [u8]>) -> Option<RecordBatch> {
         let n = payloads.len();
-        let (pool, size, keep) = match n {
-            ..=POOLED_BATCH => (Some(&self.pool.small), POOLED_BATCH, 64),
-            ..=SCAN_BATCH => (Some(&self.pool.large), SCAN_BATCH, POOLED_SCANS),
-            _ => (None, n, 0),
+        let (pool, size, keep) = if n <= POOLED_BATCH {
+            (Some(&self.pool.small), POOLED_BATCH, 64)
+        } else if n <= SCAN_BATCH {
+            (Some(&self.pool.large), SCAN_BATCH, POOLED_SCANS)
+        } else {
+            (None, n, 0)
         };
         let idle = pool.and_then(|p| p.lock().unwrap_or_else(|p| p.into_inner()).pop());
         let mut decoder = match idle {

@@ -73,7 +73,8 @@ pub struct ScanSpec {
     pub truncated: Vec<(i32, i64)>,
 }
 
-/// The metadata columns, in the order they follow the payload columns.
+/// The place of `_key` among the metadata columns that follow the payload columns (`_partition`, `_offset`,
+/// `_timestamp`, `_key`); it is the last of them.
 const META_KEY: usize = 3;
 
 impl ScanSpec {
@@ -181,7 +182,7 @@ impl DisplayAs for KafkaScanExec {
         }
         if let Some(p) = &self.spec.projection {
             let names: Vec<_> = self.spec.projected_schema.fields().iter().map(|f| f.name().as_str()).collect();
-            if p.len() < self.spec.payload_columns + 4 {
+            if p.len() <= self.spec.payload_columns + META_KEY {
                 write!(f, ", projection=[{}]", names.join(", "))?;
             }
         }
@@ -263,17 +264,6 @@ struct Pending {
 }
 
 impl Pending {
-    /// Emptied for the next batch, keeping what it allocated (a fresh megabyte per batch is a page fault per 4 KiB).
-    fn clear(&mut self) {
-        self.payload.clear();
-        self.ends.clear();
-        self.offsets.clear();
-        self.timestamps.clear();
-        self.raw_keys.clear();
-    }
-}
-
-impl Pending {
     fn new() -> Self {
         Self {
             payload: Vec::with_capacity(BATCH_SIZE * 128),
@@ -287,6 +277,15 @@ impl Pending {
 
     fn len(&self) -> usize {
         self.offsets.len()
+    }
+
+    /// Emptied for the next batch, keeping what it allocated (a fresh megabyte per batch is a page fault per 4 KiB).
+    fn clear(&mut self) {
+        self.payload.clear();
+        self.ends.clear();
+        self.offsets.clear();
+        self.timestamps.clear();
+        self.raw_keys.clear();
     }
 }
 
